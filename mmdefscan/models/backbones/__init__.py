@@ -1,0 +1,3 @@
+from .defmamba import DefMamba
+
+__all__ = ['DefMamba']

@@ -1,0 +1,39 @@
+"""Small building blocks shared by the backbones."""
+import torch
+import torch.nn as nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm semantics: kept samples are scaled by 1 / keep)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self):
+        return f'drop_prob={self.drop_prob}'
+
+
+class Permute(nn.Module):
+    """Module form of ``Tensor.permute`` (keeps the official Sequential indices)."""
+
+    def __init__(self, *dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+def stochastic_depth_rates(drop_path_rate, depths):
+    """Per-block drop-path rates, linear from 0 over all blocks, split per stage."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[s:s + d] for s, d in zip(starts, depths)]

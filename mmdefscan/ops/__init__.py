@@ -1,0 +1,6 @@
+from .deformable_scan import DeformablePathSort, DeformableScan, unsort_tokens
+from .selective_scan import (SelectiveScan, kernel_available, selective_scan_fn,
+                             selective_scan_ref)
+
+__all__ = ['DeformablePathSort', 'DeformableScan', 'unsort_tokens',
+           'SelectiveScan', 'kernel_available', 'selective_scan_fn', 'selective_scan_ref']

@@ -1,0 +1,126 @@
+r"""DefMamba's deformable scan: deformable points, offset bias and deformable token order.
+
+For a feature map x (B, D, H, W) the offset network predicts o (point offsets, y then x) and q
+(order offsets). With the official (half-pixel shifted) reference grid r, in coordinates
+normalised for ``grid_sample(align_corners=True)``:
+
+.. math::
+    p = r + \tanh(o) / (H-1, W-1),\qquad
+    x_{def} = \mathrm{sample}(x, p) + \mathrm{sample}(\mathrm{resize}(T_{rpe}), (k - p)/2),
+
+where k is the official key grid (``linspace(0, H, H)``). The tokens of x_def are then read in
+the ascending order of :math:`\tanh(q_l) + r_l` (r_l the 1-D reference). The sort passes the
+official "mean gradient" to its keys (:class:`DeformablePathSort`), not the zero derivative.
+
+Sides of one pixel (where the official code divides by zero) use a divisor of 1: a 1-pixel
+axis then samples its only pixel, which is the limit of the formula.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import MODELS
+
+
+def _normalised_grid(start_end, count, divisor_count, dtype, device):
+    """linspace(start, end, count) / (divisor_count - 1) * 2 - 1, safe for divisor_count == 1."""
+    start, end = start_end
+    return torch.linspace(start, end, count, dtype=dtype, device=device) * (
+        2.0 / max(divisor_count - 1, 1)) - 1.0
+
+
+class DeformablePathSort(torch.autograd.Function):
+    """Sort tokens by keys; backward gives the keys DefMamba's heuristic gradient.
+
+    forward(x (B, D, L), keys (B, L)) -> (x gathered in ascending key order (B, D, L), order (B, L)).
+    backward: grad_x is the gather's gradient; grad_keys[b, l] = mean_d(g_sorted[b, d, l] -
+    grad_x[b, d, l]) (sorted position l mixed with token l, as the official code does).
+    """
+
+    @staticmethod
+    def forward(ctx, x, keys):
+        order = torch.argsort(keys, dim=-1, stable=True)
+        ctx.save_for_backward(order)
+        ctx.mark_non_differentiable(order)
+        return torch.gather(x, 2, order[:, None, :].expand_as(x)), order
+
+    @staticmethod
+    def backward(ctx, grad_sorted, _grad_order):
+        order, = ctx.saved_tensors
+        grad_x = torch.zeros_like(grad_sorted).scatter_(
+            2, order[:, None, :].expand_as(grad_sorted), grad_sorted)
+        grad_keys = (grad_sorted - grad_x).mean(1)
+        return grad_x, grad_keys
+
+
+def unsort_tokens(y_sorted, order):
+    """Put y_sorted[..., j] back at token order[:, j] (inverse of the deformable order)."""
+    inverse = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return torch.gather(y_sorted, 2, inverse[:, None, :].expand_as(y_sorted))
+
+
+class ConvOffset(nn.Module):
+    """Offset network: depthwise k x k conv gated by channel attention of the input, LN, GELU,
+    1x1 conv to 3 channels (2 point offsets y, x and 1 order offset)."""
+
+    def __init__(self, dim, kernel_size):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
+        self.ca = nn.Sequential(nn.Linear(dim, dim // 16), nn.GELU(), nn.Linear(dim // 16, dim),
+                                nn.Sigmoid())
+        self.ln = nn.LayerNorm(dim)
+        self.conv2 = nn.Conv2d(dim, 3, 1, bias=False)
+
+    def forward(self, x):
+        attention = self.ca(x.mean((2, 3)))[:, :, None, None]
+        x1 = (self.conv1(x) * attention).permute(0, 2, 3, 1)
+        return self.conv2(F.gelu(self.ln(x1)).permute(0, 3, 1, 2))
+
+
+@MODELS.register_module()
+class DeformableScan(nn.Module):
+    """Deformable points + offset bias + deformable token order (official ``DeformableLayer``).
+
+    Args:
+        dim: channels D of the scanned map.
+        stage: 0..3; picks the offset conv kernel size 9, 7, 5, 3.
+    forward(x (B, D, H, W)) -> (tokens in deformable order (B, D, H*W), order (B, H*W)).
+    """
+    kernel_sizes = (9, 7, 5, 3)
+
+    def __init__(self, dim, stage=0):
+        super().__init__()
+        self.conv_offset = ConvOffset(dim, self.kernel_sizes[stage])
+        self.rpe_table = nn.Parameter(torch.zeros(dim, 7, 7))
+        nn.init.trunc_normal_(self.rpe_table, std=0.01)
+
+    def forward(self, x):
+        batch, _, height, width = x.shape
+        length = height * width
+        dtype, device = x.dtype, x.device
+        point_offset, order_offset = self.conv_offset(x).split([2, 1], dim=1)
+
+        # sampling points (y, x), official reference grid: pixel i + 0.5 normalised by side - 1
+        ref_y = _normalised_grid((0.5, height - 0.5), height, height, dtype, device)
+        ref_x = _normalised_grid((0.5, width - 0.5), width, width, dtype, device)
+        scale = torch.tensor([1.0 / max(height - 1, 1), 1.0 / max(width - 1, 1)],
+                             dtype=dtype, device=device)
+        offset = point_offset.tanh().permute(0, 2, 3, 1) * scale  # (B, H, W, 2) as (y, x)
+        pos_y = ref_y[:, None] + offset[..., 0]
+        pos_x = ref_x[None, :] + offset[..., 1]
+        sampled = F.grid_sample(x, torch.stack((pos_x, pos_y), -1), mode='bilinear',
+                                align_corners=True)
+
+        # offset bias: the rpe table resized to the map, read at half the key-to-point distance
+        table = F.interpolate(self.rpe_table[None].to(dtype), size=(height, width),
+                              mode='bilinear', align_corners=False)
+        key_y = _normalised_grid((0, height), height, height, dtype, device)
+        key_x = _normalised_grid((0, width), width, width, dtype, device)
+        disp = torch.stack(((key_x[None, :] - pos_x) * 0.5, (key_y[:, None] - pos_y) * 0.5), -1)
+        pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1), disp, mode='bilinear',
+                                 align_corners=True)
+
+        keys = order_offset.tanh().flatten(1) + _normalised_grid(
+            (0.5, length - 0.5), length, length, dtype, device)
+        return DeformablePathSort.apply((sampled + pos_bias).flatten(2), keys)
