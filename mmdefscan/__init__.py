@@ -1,6 +1,11 @@
 """mmdefscan: vision Mamba backbones with deformable / adaptive scanning for OpenMMLab."""
 __version__ = '0.1.0'
 
+from .utils import install_torchvision_stub_if_missing
+
+# mmpretrain imports torchvision at import time; CPU-only machines may have none.
+install_torchvision_stub_if_missing()
+
 from . import ops  # noqa: E402,F401
 from . import models  # noqa: E402,F401
 from .registry import MODELS  # noqa: E402,F401

@@ -17,7 +17,8 @@ fi
 start=$(date +%s)
 # --system-site-packages keeps a torch that the user already installed outside the venv.
 [ -x "$PY" ] || python3 -m venv --system-site-packages "$VENV"
-pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
+# (the grep drops pip's noise about unreachable extra-index folders on some machines)
+pip() { "$PY" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip install -q -U "pip>=23" "setuptools<81" wheel ninja
 "$PY" -c "import torch" 2>/dev/null || pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 pip install -q "numpy" "mmengine==0.10.7"

@@ -1,0 +1,67 @@
+"""CUDA checks (skipped without a GPU; run on the device, output in the issue notes)."""
+import pytest
+import torch
+
+from _refs import max_rel_err
+from mmdefscan.models.backbones import DefMamba
+from mmdefscan.ops import kernel_available, selective_scan_fn, selective_scan_ref
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+def scan_inputs(device, batch=2, groups=3, dim=96, state=16, length=3136, dtype=torch.float32):
+    g = torch.Generator(device='cpu').manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
+    return dict(u=r(batch, dim, length), delta=r(batch, dim, length) * 0.5,
+                A=-torch.rand(dim, state, generator=g).to(device) * 4 - 0.1,
+                B=r(batch, groups, state, length), C=r(batch, groups, state, length),
+                D=r(dim).float(), delta_bias=r(dim).float() * 0.3)
+
+
+@cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and kernel_available()), reason="needs mamba-ssm's selective_scan_cuda")
+def test_kernel_matches_torch_path_forward_and_backward():
+    args = scan_inputs('cuda')
+    for v in args.values():
+        v.requires_grad_(True)
+    y_k, last_k = selective_scan_fn(**args, delta_softplus=True, return_last_state=True)
+    y_t, last_t = selective_scan_ref(**args, delta_softplus=True, return_last_state=True)
+    w = torch.randn_like(y_k)
+    g_k = torch.autograd.grad((y_k * w).sum(), list(args.values()))
+    g_t = torch.autograd.grad((y_t * w).sum(), list(args.values()))
+    errs = {'out': max_rel_err(y_k, y_t), 'last_state': max_rel_err(last_k, last_t)}
+    errs.update({f'grad_{n}': max_rel_err(a, b) for n, a, b in zip(args, g_k, g_t)})
+    print('\nkernel vs torch (max rel err):', {k: f'{v:.2e}' for k, v in errs.items()})
+    assert errs['out'] < 1e-4 and errs['last_state'] < 1e-4
+    assert max(v for k, v in errs.items() if k.startswith('grad')) < 1e-3
+
+
+@cuda
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_autocast_has_no_nan(dtype):
+    model = DefMamba(arch='tiny').cuda().train()
+    x = torch.randn(2, 3, 224, 224, device='cuda')
+    with torch.autocast('cuda', dtype=dtype):
+        outs = model(x)
+        loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        ref = model.float()(x)
+    print(f'\n{dtype} autocast vs fp32, per stage:', [f'{max_rel_err(o, r):.2e}' for o, r in zip(outs, ref)])
+
+
+@cuda
+def test_defmamba_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = DefMamba(arch='tiny').eval()
+    x = torch.randn(2, 3, 160, 192)
+    with torch.no_grad():
+        ref = model(x)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        out = model.cuda()(x.cuda())
+    errs = [max_rel_err(o.cpu(), r) for o, r in zip(out, ref)]
+    print('\nDefMamba-T CUDA vs CPU (fp32, no TF32), per stage:', [f'{e:.2e}' for e in errs])
+    assert max(errs) < 1e-4
