@@ -79,19 +79,20 @@ def linear_scan(log_a, b, chunk=None):
     # time-major: (chunk, ..., n_chunks) so each step reads a contiguous slice
     log_a = log_a.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0)
     b = b.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0)
-    a = log_a.exp()
+    # unbind (not indexing) keeps backward linear: its gradient is one stack, not a zero-filled
+    # full-size tensor per step
     h = torch.zeros_like(b[0])
     local = []
-    for t in range(chunk):
-        h = a[t] * h + b[t]
+    for a_t, b_t in zip(log_a.exp().unbind(0), b.unbind(0)):
+        h = a_t * h + b_t
         local.append(h)
     local = torch.stack(local)  # (chunk, ..., n_chunks): scan of each chunk from a zero state
     decay = log_a.cumsum(0).exp()  # (chunk, ..., n_chunks): decay since the chunk start
     carry = torch.zeros_like(b[0][..., 0])
     carries = []
-    for c in range(n_chunks):
+    for decay_c, local_c in zip(decay[-1].unbind(-1), local[-1].unbind(-1)):
         carries.append(carry)
-        carry = decay[-1, ..., c] * carry + local[-1, ..., c]
+        carry = decay_c * carry + local_c
     h = local + decay * torch.stack(carries, -1)
     h = h.movedim(0, -1).flatten(-2)
     return h[..., :length] if pad else h
