@@ -9,3 +9,6 @@ install_torchvision_stub_if_missing()
 from . import ops  # noqa: E402,F401
 from . import models  # noqa: E402,F401
 from .registry import MODELS  # noqa: E402,F401
+from .engine.safe_load import allow_mmengine_checkpoints  # noqa: E402
+
+allow_mmengine_checkpoints()

@@ -1,0 +1,1 @@
+"""Datasets shipped with mmdefscan (see ``synthetic`` for the demo data)."""

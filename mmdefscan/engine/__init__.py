@@ -1,0 +1,4 @@
+from .cli import check_data_paths, load_config, run_cli
+from .safe_load import allow_mmengine_checkpoints
+
+__all__ = ['check_data_paths', 'load_config', 'run_cli', 'allow_mmengine_checkpoints']

@@ -1,0 +1,81 @@
+"""What tools/train.py and tools/test.py share: config loading, early checks, one-line errors."""
+import os
+import os.path as osp
+import sys
+
+import torch
+from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+
+# Exceptions that mean "the config, data or checkpoint is wrong": reported as one line.
+USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, NotADirectoryError,
+               RuntimeError, AssertionError)
+
+
+def load_config(path, cfg_options=None, launcher='none', work_dir=None):
+    """Config.fromfile + --cfg-options + work_dir, CPU-friendly distributed settings."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {path} does not exist')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    if launcher != 'none' and not torch.cuda.is_available():
+        # NCCL needs GPUs: use gloo, and DDP without device ids, on CPU-only machines
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+        wrapper.update(device_ids=None, broadcast_buffers=False)
+        cfg.model_wrapper_cfg = wrapper
+    return cfg
+
+
+def _datasets(cfg):
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(split)
+        if loader:
+            stack = [(split + '.dataset', loader.get('dataset', {}))]
+            while stack:  # wrappers (RepeatDataset, ConcatDataset, ...) nest datasets
+                where, ds = stack.pop()
+                if 'dataset' in ds:
+                    stack.append((where + '.dataset', ds['dataset']))
+                for i, inner in enumerate(ds.get('datasets', []) or []):
+                    stack.append((f'{where}.datasets[{i}]', inner))
+                yield where, ds
+
+
+def check_data_paths(cfg, splits=('train_dataloader', 'val_dataloader', 'test_dataloader')):
+    """Fail early, naming the config key, when a dataset root, annotation file or folder is
+    missing (otherwise the error surfaces deep inside a dataloader worker)."""
+    for where, ds in _datasets(cfg):
+        if not where.startswith(splits):
+            continue
+        root = ds.get('data_root') or ''
+        paths = [('data_root', root)] if root else []
+        if ds.get('ann_file'):
+            paths.append(('ann_file', osp.join(root, ds['ann_file'])))
+        for key, sub in (ds.get('data_prefix') or {}).items():
+            if sub:
+                paths.append((f'data_prefix.{key}', osp.join(root, sub)))
+        for key, path in paths:
+            if not osp.exists(path):
+                raise FileNotFoundError(f'{where}.{key}: {path} does not exist')
+
+
+def run_cli(main):
+    """Run ``main()``; a user error becomes one line on stderr and exit status 1.
+
+    Set MMDEFSCAN_DEBUG=1 for the full traceback.
+    """
+    if os.environ.get('MMDEFSCAN_DEBUG'):
+        return main()
+    try:
+        return main()
+    except USER_ERRORS as err:
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        message = ' '.join(message.split())
+        print(f'error: {type(err).__name__}: {message} (MMDEFSCAN_DEBUG=1 for the traceback)',
+              file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,3 @@
+from .det_mask_tta import DetMaskTTAModel
+
+__all__ = ['DetMaskTTAModel']

@@ -1,0 +1,83 @@
+"""Test a checkpoint with an mm config; ``--tta`` runs the config's multi-scale + flip TTA.
+
+    python tools/test.py CONFIG CHECKPOINT [--tta] [--work-dir DIR] [--out FILE]
+                                           [--show-dir DIR] [--cfg-options k=v ...]
+                                           [--launcher none|pytorch|slurm]
+"""
+import argparse
+import os
+
+from mmengine.config import ConfigDict, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import mmdefscan  # noqa: F401  (registers backbones, TTA models, safe checkpoint loading)
+from mmdefscan.engine import check_data_paths, load_config, run_cli
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='detection: dump predictions to this .pkl; '
+                                      'segmentation: directory for the predicted maps')
+    parser.add_argument('--show-dir', help='save painted predictions into this directory')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def enable_tta(cfg):
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise KeyError('--tta needs tta_model and tta_pipeline in the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def enable_outputs(cfg, args, scope):
+    if args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise KeyError('--show-dir needs default_hooks.visualization in the config')
+        hook['draw'] = True
+        if scope == 'mmseg':
+            cfg.visualizer['save_dir'] = args.show_dir
+        else:
+            hook['test_out_dir'] = os.path.abspath(args.show_dir)
+    if args.out:
+        if scope == 'mmseg':
+            cfg.test_evaluator['output_dir'] = args.out
+            cfg.test_evaluator['keep_results'] = True
+        else:
+            dump = ConfigDict(type='DumpDetResults' if scope == 'mmdet' else 'DumpResults',
+                              out_file_path=args.out)
+            evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
+                else [cfg.test_evaluator]
+            cfg.test_evaluator = evaluators + [dump]
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    cfg.load_from = args.checkpoint
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    scope = cfg.get('default_scope', 'mmdet')
+    enable_outputs(cfg, args, scope)
+    if args.tta:
+        enable_tta(cfg)
+    check_data_paths(cfg, splits=('test_dataloader',))
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    run_cli(main)
