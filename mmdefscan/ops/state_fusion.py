@@ -1,0 +1,134 @@
+r"""Spatial-Mamba's operators: the state-returning selective scan and structure-aware state fusion.
+
+**State scan.** The selective scan of :mod:`.selective_scan` without the read-out: for batch b,
+channel d, state n and token t (raster order, h_{-1} = 0)
+
+.. math::
+    \Delta_t = \mathrm{softplus}(\delta_t + \delta_{bias,d}),\qquad
+    h_{t,n} = e^{\Delta_t A_{d,n}}\, h_{t-1,n} + \Delta_t B_{n,t}\, u_t ,
+
+and the states h themselves are returned, as the official ``selective_scan_cuda_oflex_rh``
+kernel does (no C, no D). It runs on the shared :func:`selective_scan_fn` (mamba-ssm kernel on
+CUDA, exact PyTorch scan elsewhere): state n of every channel is one channel of a standard scan
+with C = 1 and D = none, so its output y_t equals h_t. Like the official kernel it computes and
+returns float32 for any floating input (float64 stays float64), also under autocast.
+
+**State fusion.** The hidden states of neighbouring pixels are mixed per channel by three dilated
+3x3 depthwise kernels k_1, k_3, k_5 (official ``kernel_3``, ``kernel_3_1``, ``kernel_3_2``) with
+weights alpha, on the replicate-padded state map (pad_r repeats the border r times):
+
+.. math::
+    \hat h = \alpha_0\, k_1 \ast_1 \mathrm{pad}_1(h) + \alpha_1\, k_3 \ast_3 \mathrm{pad}_3(h)
+           + \alpha_2\, k_5 \ast_5 \mathrm{pad}_5(h)
+         = M \ast \mathrm{pad}_5(h),
+
+where :math:`\ast_r` is a depthwise convolution with dilation r and M the 11x11 kernel holding
+the three dilated kernels around one centre (the centre tap is the sum of the three centres).
+Replicate padding clamps indices, so both forms are the same function. Training uses the three
+dilated convolutions, evaluation the fused kernel (as the official ``dwconv2d`` path), but M is
+rebuilt from the current parameters on every evaluation forward: it never goes stale after an
+optimiser step or ``load_state_dict`` (the official cache does), and it can be back-propagated.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import MODELS
+from .selective_scan import selective_scan_fn
+
+
+def selective_scan_states(u, delta, A, B, delta_bias=None, delta_softplus=True):
+    """Hidden states of the selective scan (the official "rh" kernel; see the module docstring).
+
+    Args:
+        u, delta: (b, D, L).
+        A: (D, N), usually ``-exp(A_logs)``.
+        B: (b, N, L), shared by all channels.
+        delta_bias: (D,) or None.
+
+    Returns:
+        h: (b, D, N, L) in float32 (float64 for float64 ``u``).
+    """
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    if B.shape != (batch, n_state, length):
+        raise ValueError(f'selective_scan_states: B must be {(batch, n_state, length)}, '
+                         f'got {tuple(B.shape)}')
+    with torch.autocast(u.device.type, enabled=False):
+        u, delta, B = u.to(cdt), delta.to(cdt), B.to(cdt)
+        A = A.to(cdt)
+        if delta_bias is not None:
+            delta_bias = delta_bias.to(cdt)
+        if n_state > 1:  # state n of channel d is channel n * D + d of one scan, in group n
+            u = u.repeat(1, n_state, 1)
+            delta = delta.repeat(1, n_state, 1)
+            A = A.t().reshape(n_state * dim, 1)
+            if delta_bias is not None:
+                delta_bias = delta_bias.repeat(n_state)
+        groups = B.unsqueeze(2)  # (b, G = N, 1, L)
+        ones = torch.ones((), dtype=cdt, device=u.device).expand_as(groups)
+        h = selective_scan_fn(u, delta, A, groups, ones, D=None, z=None, delta_bias=delta_bias,
+                              delta_softplus=delta_softplus)
+    return h.view(batch, n_state, dim, length).transpose(1, 2)
+
+
+@MODELS.register_module()
+class SelectiveScanStates(nn.Module):
+    """Module form of :func:`selective_scan_states` (no parameters)."""
+
+    def __init__(self, delta_softplus: bool = True):
+        super().__init__()
+        self.delta_softplus = delta_softplus
+
+    def forward(self, u, delta, A, B, delta_bias=None):
+        return selective_scan_states(u, delta, A, B, delta_bias, self.delta_softplus)
+
+
+@MODELS.register_module()
+class StateFusion(nn.Module):
+    """Structure-aware state fusion (see the module docstring for the equation).
+
+    Args:
+        dim: channels of the state map (B, dim, H, W).
+
+    Parameters ``kernel_3``, ``kernel_3_1``, ``kernel_3_2`` (dim, 1, 3, 3) for dilations 1, 3, 5
+    and ``alpha`` (3,), all initialised to one (official names and initialisation).
+    """
+    dilations = (1, 3, 5)
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.kernel_3 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.kernel_3_1 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.alpha = nn.Parameter(torch.ones(3))
+
+    def kernels(self):
+        return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
+
+    def merged_kernel(self):
+        """The fused (dim, 1, 11, 11) kernel M of the current parameters (differentiable)."""
+        size = 2 * max(self.dilations) + 1
+        centre = size // 2
+        merged = self.kernel_3.new_zeros(self.dim, 1, size, size)
+        for weight, kernel, dilation in zip(self.alpha, self.kernels(), self.dilations):
+            taps = slice(centre - dilation, centre + dilation + 1, dilation)
+            merged[:, :, taps, taps] += weight * kernel
+        return merged
+
+    def forward(self, h):
+        if self.training:
+            out = 0
+            for weight, kernel, dilation in zip(self.alpha, self.kernels(), self.dilations):
+                padded = F.pad(h, (dilation,) * 4, mode='replicate')
+                out = out + weight * F.conv2d(padded, kernel.to(h.dtype), dilation=dilation,
+                                              groups=self.dim)
+            return out
+        pad = max(self.dilations)
+        return F.conv2d(F.pad(h, (pad,) * 4, mode='replicate'),
+                        self.merged_kernel().to(h.dtype), groups=self.dim)
+
+    def extra_repr(self):
+        return f'dim={self.dim}, dilations={self.dilations}'
