@@ -1,3 +1,5 @@
 from .defmamba import DefMamba
 
-__all__ = ['DefMamba']
+__all__ = ['DefMamba', 'SpatialMamba', 'DAMamba']
+from .spatialmamba import SpatialMamba
+from .damamba import DAMamba
