@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from _refs import fixture_dir, max_rel_err, reference_files
 from mmdefscan.models.backbones import DAMamba
-from mmdefscan.ops import DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample, state_scan
+from mmdefscan.ops import DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample,
+                           selective_scan_states
 from mmdefscan.registry import MODELS
 
 REFS = reference_files('damamba')
@@ -254,14 +255,14 @@ def test_state_scan_returns_the_hidden_states_in_float32():
     A = -torch.rand(dim, 1, generator=g, dtype=torch.float64) * 2
     B = torch.randn(batch, 1, length, generator=g, dtype=torch.float64)
     bias = torch.randn(dim, generator=g, dtype=torch.float64)
-    h = state_scan(u, delta, A, B, bias)
+    h = selective_scan_states(u, delta, A, B, bias)[:, :, 0]
     dt = torch.nn.functional.softplus(delta + bias[:, None])
     state, expected = torch.zeros(batch, dim, dtype=torch.float64), []
     for t in range(length):
         state = torch.exp(dt[..., t] * A[:, 0]) * state + dt[..., t] * B[:, 0, t, None] * u[..., t]
         expected.append(state)
     torch.testing.assert_close(h, torch.stack(expected, -1), rtol=0, atol=1e-12)
-    low = state_scan(u.bfloat16(), delta.bfloat16(), A.float(), B.bfloat16(), bias.float())
+    low = selective_scan_states(u.bfloat16(), delta.bfloat16(), A.float(), B.bfloat16(), bias.float())
     assert low.dtype == torch.float32
 
 

@@ -51,6 +51,8 @@ def main():
     check_data_paths(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
+    rank, world = runner.rank, runner.world_size
+    print(f'rank {rank}/{world}: finished training at iteration {runner.iter}', flush=True)
 
 
 if __name__ == '__main__':

@@ -7,9 +7,13 @@ model = dict(
     backbone=dict(_delete_=True, type='mmdefscan.DefMamba', arch='tiny', drop_path_rate=0.1),
     neck=dict(in_channels=[48, 96, 192, 384]),
     rpn_head=dict(anchor_generator=dict(scales=[4])),  # objects are 12-56 px
-    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
+    roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
+    # few objects per 128 px image: fewer proposals and sampled RoIs (CPU time)
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+                   rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300)))
 
-max_iters = 600
+max_iters = 300
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

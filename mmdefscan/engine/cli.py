@@ -24,12 +24,23 @@ def load_config(path, cfg_options=None, launcher='none', work_dir=None):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     if launcher != 'none' and not torch.cuda.is_available():
-        # NCCL needs GPUs: use gloo, and DDP without device ids, on CPU-only machines
-        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
-        wrapper.update(device_ids=None, broadcast_buffers=False)
-        cfg.model_wrapper_cfg = wrapper
+        _setup_cpu_distributed(cfg, launcher)
     return cfg
+
+
+def _setup_cpu_distributed(cfg, launcher):
+    """NCCL needs GPUs: gloo, and DDP without device ids, on CPU-only machines.
+
+    MMEngine 0.10.7's ``init_dist`` calls ``torch.cuda.set_device`` even for gloo, which a CPU
+    build of torch cannot do; the process group is therefore created here (torchrun's env://),
+    and the Runner finds it initialised.
+    """
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+    wrapper.update(device_ids=None, broadcast_buffers=False)
+    cfg.model_wrapper_cfg = wrapper
+    if launcher == 'pytorch' and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend='gloo')
 
 
 def _datasets(cfg):

@@ -1,10 +1,10 @@
 from .deformable_scan import DeformablePathSort, DeformableScan, unsort_tokens
+from .dynamic_adaptive_scan import DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample
 from .selective_scan import (SelectiveScan, kernel_available, selective_scan_fn,
                              selective_scan_ref)
+from .state_fusion import SelectiveScanStates, StateFusion, selective_scan_states
 
 __all__ = ['DeformablePathSort', 'DeformableScan', 'unsort_tokens',
+           'DynamicAdaptiveScan', 'OffsetPredictionNet', 'adaptive_sample',
            'SelectiveScan', 'kernel_available', 'selective_scan_fn', 'selective_scan_ref',
-           'SelectiveScanStates', 'StateFusion', 'selective_scan_states',
-           'DynamicAdaptiveScan', 'OffsetPredictionNet', 'adaptive_sample', 'state_scan']
-from .state_fusion import SelectiveScanStates, StateFusion, selective_scan_states
-from .dynamic_adaptive_scan import DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample, state_scan
+           'SelectiveScanStates', 'StateFusion', 'selective_scan_states']

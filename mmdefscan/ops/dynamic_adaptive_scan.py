@@ -36,19 +36,15 @@ state that returns the state sequence itself,
     \Delta_t = \mathrm{softplus}(\delta_t + \delta_{bias}),\qquad
     h_t = e^{\Delta_t A}\,h_{t-1} + \Delta_t B_t u_t \quad (h_{-1} = 0),
 
-i.e. the shared :func:`~mmdefscan.ops.selective_scan_fn` with N = 1, C = 1, no D and no gate,
-always in float32 (float64 stays float64), whatever the dtype of its inputs.
+i.e. :func:`~mmdefscan.ops.selective_scan_states` (the shared selective scan with C = 1, no D
+and no gate), always in float32 (float64 stays float64), whatever the dtype of its inputs.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from .selective_scan import selective_scan_fn
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .selective_scan import _compute_dtype
 
 
 def adaptive_sample(values, offsets, groups):
@@ -83,25 +79,6 @@ def adaptive_sample(values, offsets, groups):
             values.to(cdt).reshape(batch * groups, channels // groups, height, width), grid,
             mode='bilinear', padding_mode='zeros', align_corners=False)
     return sampled.reshape(batch, channels, height, width).to(values.dtype)
-
-
-def state_scan(u, delta, A, B, delta_bias=None, delta_softplus=True):
-    """Hidden states of a one-state selective scan (official ``oflex_rh`` kernel), (B, D, L).
-
-    Args:
-        u, delta: (B, D, L). A: (D, 1). B: (B, 1, L) (one group) or (B, G, 1, L).
-        delta_bias: (D,) or None.
-
-    Returns:
-        h (B, D, L) in float32 (float64 if ``u`` is float64), whatever the input dtypes: the
-        official kernel always returns float32 (``out_float=True``).
-    """
-    if A.shape[-1] != 1:
-        raise ValueError(f'state_scan: one state expected, A has shape {tuple(A.shape)}')
-    cdt = _compute_dtype(u.dtype)
-    u, delta, B = u.to(cdt), delta.to(cdt), B.to(cdt)
-    return selective_scan_fn(u, delta, A, B, torch.ones_like(B), D=None, z=None,
-                             delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 
 class _ToChannelsLast(nn.Module):
@@ -159,7 +136,7 @@ class DynamicAdaptiveScan(OffsetPredictionNet):
     ``forward(z, v)``: offsets from ``z`` (B, C, H, W), values ``v`` (B, C, H, W) sampled per
     group at (i + dy, j + dx) with the official DCNv3 rules (:func:`adaptive_sample`); returns
     (B, C, H, W) in the dtype of ``v``. Read in raster order, the result is the adaptively
-    ordered token sequence that the state scan (:func:`state_scan`) runs over.
+    ordered token sequence that the state scan (:func:`selective_scan_states`) runs over.
     """
 
     def forward(self, z, v):

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from .selective_scan import selective_scan_fn
+from .selective_scan import _compute_dtype, selective_scan_fn
 
 
 def selective_scan_states(u, delta, A, B, delta_bias=None, delta_softplus=True):
@@ -49,7 +49,7 @@ def selective_scan_states(u, delta, A, B, delta_bias=None, delta_softplus=True):
     Returns:
         h: (b, D, N, L) in float32 (float64 for float64 ``u``).
     """
-    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    cdt = _compute_dtype(u.dtype)
     batch, dim, length = u.shape
     n_state = A.shape[1]
     if B.shape != (batch, n_state, length):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 
-from ...ops import DynamicAdaptiveScan, state_scan
+from ...ops import DynamicAdaptiveScan, selective_scan_states
 from ...registry import register_backbone
 from ..layers import DropPath, stochastic_depth_rates
 from .base import ScanBackbone
@@ -124,7 +124,7 @@ class DASSM(nn.Module):
 
     x = SiLU(dwconv(in_proj(z))); u = da_scan(z, x) (values x sampled at offsets predicted from
     z), read in raster order (B, C, L); [dt, B, C] = x_proj_weight u; delta = dt_projs_weight dt;
-    h = state_scan(u, delta, -exp(A_logs), B, dt_projs_bias) (one state, see
+    h = selective_scan_states(u, delta, -exp(A_logs), B, dt_projs_bias) (one state, see
     :mod:`mmdefscan.ops.dynamic_adaptive_scan`); y = C h + Ds u; out = out_proj(out_norm(y)).
     d_state 1, expand 1, no gate, groups = C // head_dim.
     """
@@ -167,7 +167,7 @@ class DASSM(nn.Module):
         u = self.da_scan(z, x).reshape(batch, dim, height * width)
         dts, Bs, Cs = torch.matmul(self.x_proj_weight, u).split([self.dt_rank, 1, 1], dim=1)
         delta = torch.matmul(self.dt_projs_weight, dts)
-        h = state_scan(u, delta, -torch.exp(self.A_logs), Bs, self.dt_projs_bias)
+        h = selective_scan_states(u, delta, -torch.exp(self.A_logs), Bs, self.dt_projs_bias)[:, :, 0]
         # h is float32 (as the official kernel returns); the sum keeps the official float32
         # under autocast and returns to the model's dtype when the model itself is low precision
         y = (h * Cs + u * self.Ds[:, None]).to(torch.promote_types(u.dtype, self.Ds.dtype))

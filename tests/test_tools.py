@@ -1,0 +1,132 @@
+"""tools/train.py and tools/test.py end to end on the synthetic data (tiny backbone, few iters)."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _refs import REPO
+
+TINY_DET = ['model.backbone.arch=tiny', 'model.backbone.dims=[16,32,32,32]',
+            'model.backbone.depths=[1,1,1,1]', 'model.neck.in_channels=[16,32,32,32]']
+TINY_SEG = ['model.backbone.dims=[16,32,32,32]', 'model.backbone.depths=[1,1,1,1]',
+            'model.decode_head.in_channels=[16,32,32,32]', 'model.auxiliary_head.in_channels=32',
+            'model.decode_head.channels=32', 'model.auxiliary_head.channels=16']
+DET_CFG = 'configs/demo/maskrcnn_defmamba_t_synthetic.py'
+SEG_CFG = 'configs/demo/upernet_defmamba_t_synthetic.py'
+
+
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    from mmdefscan.datasets.synthetic import generate
+    return generate(str(tmp_path_factory.mktemp('synthetic')))
+
+
+def run_tool(args, timeout=600, env=None):
+    full_env = dict(os.environ, PYTHONWARNINGS='ignore', **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def data_options(root):
+    root = root.rstrip('/') + '/'
+    return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}']
+
+
+def det_eval_options(root):
+    ann = os.path.join(root, 'annotations/instances_validation.json')
+    return [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+
+
+def train(cfg, work_dir, options, iters):
+    opts = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=1',
+            'randomness.seed=0', *options]
+    result = run_tool(['tools/train.py', cfg, '--work-dir', str(work_dir), '--cfg-options', *opts])
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def scalars(work_dir):
+    """Training losses per iteration, from MMEngine's json log."""
+    logs = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))
+    rows = [json.loads(line) for f in logs for line in f.read_text().splitlines()]
+    return {row['iter']: row['loss'] for row in rows if 'loss' in row}
+
+
+def test_detection_train_then_test_plain_and_tta(tmp_path, data_root):
+    opts = TINY_DET + data_options(data_root) + det_eval_options(data_root)
+    train(DET_CFG, tmp_path, opts, iters=2)
+    ckpt = tmp_path / 'iter_2.pth'
+    assert ckpt.is_file()
+    for extra in ([], ['--tta']):
+        result = run_tool(['tools/test.py', DET_CFG, str(ckpt), '--work-dir', str(tmp_path / 't'),
+                           '--out', str(tmp_path / 'preds.pkl'), '--cfg-options', *opts, *extra])
+        assert result.returncode == 0, result.stderr[-4000:]
+        out = result.stdout + result.stderr
+        assert re.search(r'coco/bbox_mAP: [\d.]+', out) and re.search(r'coco/segm_mAP: [\d.]+', out)
+        assert (tmp_path / 'preds.pkl').is_file()
+
+
+def test_segmentation_train_then_test_plain_and_tta(tmp_path, data_root):
+    opts = TINY_SEG + data_options(data_root)
+    train(SEG_CFG, tmp_path, opts, iters=2)
+    for extra in ([], ['--tta']):
+        result = run_tool(['tools/test.py', SEG_CFG, str(tmp_path / 'iter_2.pth'), '--work-dir',
+                           str(tmp_path / 't'), '--cfg-options', *opts, *extra])
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert re.search(r'mIoU: [\d.]+', result.stdout + result.stderr)
+
+
+def test_resume_continues_with_the_same_losses(tmp_path, data_root):
+    """An interrupted run resumed from its checkpoint (torch.load weights_only default) logs
+    the same losses as an uninterrupted one. Dropout/drop path off: torch's RNG is not saved."""
+    opts = TINY_SEG + data_options(data_root) + [
+        'model.backbone.drop_path_rate=0.0', 'model.decode_head.dropout_ratio=0.0',
+        'model.auxiliary_head.dropout_ratio=0.0', 'train_cfg.val_interval=100']
+    straight = tmp_path / 'straight'
+    train(SEG_CFG, straight, opts, iters=4)
+    resumed = tmp_path / 'resumed'
+    train(SEG_CFG, resumed, opts + ['default_hooks.checkpoint.interval=2'], iters=2)
+    result = run_tool(['tools/train.py', SEG_CFG, '--work-dir', str(resumed), '--resume',
+                       '--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.logger.interval=1',
+                       'randomness.seed=0', *opts])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert 'resumed epoch: 0, iter: 2' in result.stdout + result.stderr
+    a, b = scalars(straight), scalars(resumed)
+    assert set(a) == {1, 2, 3, 4} and {3, 4} <= set(b)
+    for it in (3, 4):
+        assert b[it] == pytest.approx(a[it], rel=1e-5), (it, a, b)
+
+
+@pytest.mark.parametrize('options, message', [
+    (['train_dataloader.dataset.data_root=/no/such/dir/'],
+     r'^error: FileNotFoundError: train_dataloader\.dataset\.data_root: /no/such/dir/ does not exist'),
+    (['model.backbone.drop_path_rte=0.1'],
+     r"^error: TypeError: .*DefMamba got unknown keyword\(s\) \['drop_path_rte'\]"),
+    (['model.backbone.type=DefMambaa'], r'^error: KeyError: .*DefMambaa is not in the'),
+])
+def test_bad_config_gives_one_clear_line(tmp_path, data_root, options, message):
+    opts = data_options(data_root) + options if 'data_root' not in options[0] else options
+    result = run_tool(['tools/train.py', DET_CFG, '--work-dir', str(tmp_path),
+                       '--cfg-options', *opts])
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
+
+
+def test_two_process_training_with_torchrun(tmp_path, data_root):
+    opts = TINY_DET + data_options(data_root) + det_eval_options(data_root) + [
+        'train_cfg.max_iters=2', 'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=2',
+        'train_dataloader.batch_size=2']
+    result = run_tool(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29531',
+                       'tools/train.py', DET_CFG, '--launcher', 'pytorch', '--work-dir',
+                       str(tmp_path), '--cfg-options', *opts], timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    finished = sorted(set(re.findall(r'rank (\d)/2: finished training at iteration 2', result.stdout)))
+    assert finished == ['0', '1'], result.stdout[-3000:]
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
