@@ -10,8 +10,8 @@ import torch.distributed as dist
 
 from _refs import fixture_dir, max_rel_err, reference_files
 from mmdefscan.models.backbones import DAMamba
-from mmdefscan.ops import DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample,
-                           selective_scan_states
+from mmdefscan.ops import (DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample,
+                           selective_scan_states)
 from mmdefscan.registry import MODELS
 
 REFS = reference_files('damamba')
