@@ -140,12 +140,14 @@ def test_with_cp_gives_same_outputs_and_gradients():
     checkpointed = tiny_model(drop_path_rate=0.3, with_cp=True)
     checkpointed.load_state_dict(plain.state_dict())
     x = torch.randn(1, 3, 64, 64)
+    # random weights: a plain sum of LayerNorm outputs has an (almost) zero gradient
+    weights = [torch.randn(1, c, 64 // s, 64 // s) for c, s in zip(plain.dims, (4, 8, 16, 32))]
     results = []
     for model in (plain, checkpointed):
         model.train()
         torch.manual_seed(1)  # same drop-path draws; checkpointing must replay them
         outs = model(x)
-        sum(o.sum() for o in outs).backward()
+        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
         results.append((outs, [p.grad.clone() for p in model.parameters()]))
     for a, b in zip(results[0][0], results[1][0]):
         torch.testing.assert_close(a, b)
