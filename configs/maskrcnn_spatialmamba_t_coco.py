@@ -1,0 +1,14 @@
+# Mask R-CNN 1x, Spatial-Mamba-T: the official recipe (Spatial-Mamba:detection/configs/spatialmamba/
+# mask_rcnn_spatialmamba_fpn_coco_tiny.py), i.e. mmdet's Swin-T 1x config with the backbone swapped:
+# AdamW lr 1e-4 wd 0.05 (no decay on norms), 1000-iter warm-up, steps 8/11, 2 img/GPU x 8, fp32.
+_base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', './_base_/tta_maskrcnn_coco.py']
+custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
+
+# Official ImageNet weights (the 'model' entry loads as is; the official configs give
+# pretrained="" and silently train from scratch); override with
+# --cfg-options model.backbone.init_cfg.checkpoint=PATH
+pretrained = 'checkpoints/spatialmamba_t_in1k.pth'
+model = dict(
+    backbone=dict(_delete_=True, type='mmdefscan.SpatialMamba', arch='tiny', drop_path_rate=0.2,
+                  out_indices=(0, 1, 2, 3), init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[64, 128, 256, 512]))
