@@ -30,8 +30,8 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=0, end=160000, by_epoch=False)]
 
 # Multi-scale as the official _ms config + test.py --aug-test: scales (2048, 512) x {0.5 ... 1.75}
-# x flip, WHOLE-image inference; run: tools/test.py CFG CKPT --tta
-# --cfg-options model.test_cfg.mode=whole  (--tta alone keeps the slide test of each view)
+# x flip, WHOLE-image inference (tools/test.py --tta applies tta_test_cfg to the views)
+tta_test_cfg = dict(mode='whole')
 tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
     dict(type='TestTimeAug', transforms=[

@@ -44,3 +44,19 @@ def test_config_builds_and_forwards(path):
             meta = dict(img_shape=(64, 96), ori_shape=(64, 96), pad_shape=(64, 96))
             preds = model.predict(x, [SegDataSample(metainfo=meta)])
             assert preds[0].pred_sem_seg.data.shape == (1, 64, 96)
+
+
+@pytest.mark.parametrize('path, mode, views', [('configs/upernet_damamba_s_ade20k.py', 'whole', 12),
+                                              ('configs/upernet_defmamba_s_ade20k.py', 'whole', 12),
+                                              ('configs/maskrcnn_defmamba_s_coco.py', None, 6)])
+def test_tta_wraps_the_model_and_pipeline(path, mode, views):
+    from mmdefscan.engine import enable_tta, load_config
+    cfg = load_config(str(REPO / path))
+    slide = cfg.model.get('test_cfg', {}).get('mode')
+    enable_tta(cfg)
+    assert cfg.model.type in ('SegTTAModel', 'mmdefscan.DetMaskTTAModel')
+    transforms = cfg.test_dataloader.dataset.pipeline[1]['transforms']
+    assert len(transforms[0]) * len(transforms[1]) == views  # scales x flips
+    if mode:  # DAMamba tests single-scale by sliding windows, multi-scale on whole images
+        assert cfg.model.module.test_cfg['mode'] == mode
+        assert slide in ('slide', 'whole')

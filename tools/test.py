@@ -7,12 +7,12 @@
 import argparse
 import os
 
-from mmengine.config import ConfigDict, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdefscan  # noqa: F401  (registers backbones, TTA models, safe checkpoint loading)
-from mmdefscan.engine import check_data_paths, load_config, run_cli
+from mmdefscan.engine import check_data_paths, enable_outputs, enable_tta, load_config, run_cli
 
 
 def parse_args():
@@ -34,36 +34,6 @@ def parse_args():
     return args
 
 
-def enable_tta(cfg):
-    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise KeyError('--tta needs tta_model and tta_pipeline in the config')
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    cfg.tta_model.module = cfg.model
-    cfg.model = cfg.tta_model
-
-
-def enable_outputs(cfg, args, scope):
-    if args.show_dir:
-        hook = cfg.default_hooks.get('visualization')
-        if hook is None:
-            raise KeyError('--show-dir needs default_hooks.visualization in the config')
-        hook['draw'] = True
-        if scope == 'mmseg':
-            cfg.visualizer['save_dir'] = args.show_dir
-        else:
-            hook['test_out_dir'] = os.path.abspath(args.show_dir)
-    if args.out:
-        if scope == 'mmseg':
-            cfg.test_evaluator['output_dir'] = args.out
-            cfg.test_evaluator['keep_results'] = True
-        else:
-            dump = ConfigDict(type='DumpDetResults' if scope == 'mmdet' else 'DumpResults',
-                              out_file_path=args.out)
-            evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
-                else [cfg.test_evaluator]
-            cfg.test_evaluator = evaluators + [dump]
-
-
 def main():
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
@@ -71,7 +41,7 @@ def main():
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     scope = cfg.get('default_scope', 'mmdet')
-    enable_outputs(cfg, args, scope)
+    enable_outputs(cfg, scope, show_dir=args.show_dir, out=args.out)
     if args.tta:
         enable_tta(cfg)
     check_data_paths(cfg, splits=('test_dataloader',))

@@ -4,7 +4,7 @@ import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for tools)
+from mmengine.config import Config, ConfigDict
 
 # Exceptions that mean "the config, data or checkpoint is wrong": reported as one line.
 USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, NotADirectoryError,
@@ -73,6 +73,40 @@ def check_data_paths(cfg, splits=('train_dataloader', 'val_dataloader', 'test_da
         for key, path in paths:
             if not osp.exists(path):
                 raise FileNotFoundError(f'{where}.{key}: {path} does not exist')
+
+
+def enable_tta(cfg):
+    """--tta: the config's tta_pipeline feeds tta_model wrapped around the model."""
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise KeyError('--tta needs tta_model and tta_pipeline in the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    if 'tta_test_cfg' in cfg:  # e.g. whole-image views while single-scale testing slides
+        cfg.model.test_cfg = cfg.tta_test_cfg
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def enable_outputs(cfg, scope, show_dir=None, out=None):
+    """--show-dir / --out of tools/test.py, for mmdet and mmseg configs."""
+    if show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise KeyError('--show-dir needs default_hooks.visualization in the config')
+        hook['draw'] = True
+        if scope == 'mmseg':
+            cfg.visualizer['save_dir'] = show_dir
+        else:
+            hook['test_out_dir'] = os.path.abspath(show_dir)
+    if out:
+        if scope == 'mmseg':
+            cfg.test_evaluator['output_dir'] = out
+            cfg.test_evaluator['keep_results'] = True
+        else:
+            dump = ConfigDict(type='DumpDetResults' if scope == 'mmdet' else 'DumpResults',
+                              out_file_path=out)
+            evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
+                else [cfg.test_evaluator]
+            cfg.test_evaluator = evaluators + [dump]
 
 
 def run_cli(main):

@@ -1,0 +1,225 @@
+"""Throughput and memory of backbones (and of full Mask R-CNN / UperNet iterations), one process.
+
+    python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
+        [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
+        [--detector CONFIG ...] [--segmentor CONFIG ...] [--json out.json]
+
+Classification shape (224x224): backbone + global pool + linear head (1000 classes).
+Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
+training step. fp32 runs with TF32 on (CUDA); bf16 under autocast. CUDA timings use events;
+the median of ``--iters`` runs after ``--warmup``. A markdown table is printed last.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+import mmdefscan  # noqa: F401
+
+MODELS = {
+    'DefMamba-T': ('mmdefscan', dict(type='DefMamba', arch='tiny')),
+    'DefMamba-S': ('mmdefscan', dict(type='DefMamba', arch='small')),
+    'DefMamba-B': ('mmdefscan', dict(type='DefMamba', arch='base')),
+    'SpatialMamba-T': ('mmdefscan', dict(type='SpatialMamba', arch='tiny')),
+    'SpatialMamba-S': ('mmdefscan', dict(type='SpatialMamba', arch='small')),
+    'SpatialMamba-B': ('mmdefscan', dict(type='SpatialMamba', arch='base')),
+    'DAMamba-T': ('mmdefscan', dict(type='DAMamba', arch='tiny')),
+    'DAMamba-S': ('mmdefscan', dict(type='DAMamba', arch='small')),
+    'DAMamba-B': ('mmdefscan', dict(type='DAMamba', arch='base')),
+    'Swin-T': ('mmdet', dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2],
+                             num_heads=[3, 6, 12, 24], window_size=7, drop_path_rate=0.2)),
+    'ConvNeXt-T': ('mmpretrain', dict(type='ConvNeXt', arch='tiny', drop_path_rate=0.1)),
+}
+
+
+def build_backbone(name):
+    scope, cfg = MODELS[name]
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope(scope)
+    return registry.build(dict(cfg))
+
+
+class Classifier(nn.Module):
+    """Backbone -> last map -> global average pool -> linear head."""
+
+    def __init__(self, backbone, num_classes=1000):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.LazyLinear(num_classes)
+
+    def forward(self, x):
+        feat = self.backbone(x)
+        feat = feat[-1] if isinstance(feat, (list, tuple)) else feat
+        return self.head(feat.mean((2, 3)) if feat.dim() == 4 else feat)  # ConvNeXt pools itself
+
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == 'cuda'
+
+    def __call__(self, fn, iters, warmup):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(iters):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bf16')
+
+
+def bench_classification(name, args, device, timer):
+    rows = []
+    model = Classifier(build_backbone(name)).to(device)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
+    params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for dtype in args.dtypes:
+        x = torch.randn(args.batch, 3, 224, 224, device=device)
+        model.eval()
+
+        def infer():
+            with torch.no_grad(), autocast(device, dtype):
+                model(x)
+        t_inf = timer(infer, args.iters, args.warmup)
+        xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
+        target = torch.randint(0, 1000, (args.train_batch,), device=device)
+        model.train()
+
+        def train():
+            with autocast(device, dtype):
+                loss = nn.functional.cross_entropy(model(xt), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        t_train = timer(train, args.iters, args.warmup)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
+        rows.append(dict(model=name, dtype=dtype, params_M=round(params, 2),
+                         infer_img_s=round(args.batch / t_inf, 1),
+                         train_img_s=round(args.train_batch / t_train, 1),
+                         train_peak_GiB=round(peak, 2)))
+        print(rows[-1], flush=True)
+    del model, optimizer
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return rows
+
+
+def bench_downstream(config, kind, args, device, timer):
+    """Seconds per training iteration of a full detector / segmentor on random data."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
+    cfg.model.backbone.pop('init_cfg', None)
+    model = registry.build(cfg.model).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if kind == 'det':
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        batch, (h, w) = 2, (800, 1344)
+        samples = []
+        for _ in range(batch):
+            s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                            batch_input_shape=(h, w), scale_factor=(1., 1.)))
+            boxes = torch.tensor([[100., 100., 400., 300.], [500., 200., 900., 700.]], device=device)
+            masks = torch.zeros(2, h, w, dtype=torch.bool)
+            masks[0, 100:300, 100:400] = True
+            masks[1, 200:700, 500:900] = True
+            from mmdet.structures.mask import BitmapMasks
+            s.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([1, 2], device=device),
+                                          masks=BitmapMasks(masks.numpy(), h, w))
+            samples.append(s)
+    else:
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+        batch, (h, w) = 8, (512, 512)
+        samples = []
+        for _ in range(batch):
+            s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+            s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w), device=device))
+            samples.append(s)
+    x = torch.randn(batch, 3, h, w, device=device)
+
+    def step():
+        losses = model.loss(x, samples)
+        loss = sum(v for k, v in losses.items() if 'loss' in k)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timer(step, args.iters, args.warmup)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
+    row = dict(config=config, batch=batch, shape=f'{h}x{w}', s_per_iter=round(seconds, 3),
+               peak_GiB=round(peak, 2))
+    print(row, flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--models', nargs='+', default=['Swin-T', 'ConvNeXt-T', 'DefMamba-T',
+                                                        'DefMamba-S', 'DefMamba-B'],
+                        choices=sorted(MODELS))
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--train-batch', type=int, default=64)
+    parser.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=['fp32', 'bf16'])
+    parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
+    parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
+    parser.add_argument('--json', help='write all rows here')
+    args = parser.parse_args()
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    timer = Timer(device)
+    rows = [r for name in args.models for r in bench_classification(name, args, device, timer)]
+    downstream = [bench_downstream(c, 'det', args, device, timer) for c in args.detector]
+    downstream += [bench_downstream(c, 'seg', args, device, timer) for c in args.segmentor]
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'
+                                      else 'cpu'), classification=rows, downstream=downstream), f,
+                      indent=1)
+    peer = {r['dtype']: r for r in rows if r['model'] == 'Swin-T'}
+    print(f'\n### 224x224, infer batch {args.batch}, train batch {args.train_batch}, {device}')
+    print('| model | dtype | params M | infer img/s | train img/s | train peak GiB |'
+          ' infer / Swin-T | train / Swin-T |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        ref = peer.get(r['dtype'])
+        ratio = (f"{r['infer_img_s'] / ref['infer_img_s']:.2f}x | "
+                 f"{r['train_img_s'] / ref['train_img_s']:.2f}x") if ref else '- | -'
+        print(f"| {r['model']} | {r['dtype']} | {r['params_M']} | {r['infer_img_s']} | "
+              f"{r['train_img_s']} | {r['train_peak_GiB']} | {ratio} |")
+    if downstream:
+        print('\n| config | batch x shape | s / train iter | peak GiB |\n|---|---|---|---|')
+        for r in downstream:
+            print(f"| {r['config']} | {r['batch']} x {r['shape']} | {r['s_per_iter']} | "
+                  f"{r['peak_GiB']} |")
+
+
+if __name__ == '__main__':
+    main()
