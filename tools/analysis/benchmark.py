@@ -35,8 +35,32 @@ MODELS = {
 }
 
 
+# timm's models stand in for the mm peers where mmdet / mmpretrain cannot be imported (e.g. a GPU
+# image without mmcv's compiled ops); the table says which implementation ran.
+TIMM_PEERS = {'Swin-T': 'swin_tiny_patch4_window7_224', 'ConvNeXt-T': 'convnext_tiny'}
+
+
+class TimmFeatures(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        import timm
+        self.model = timm.create_model(name, num_classes=0, global_pool='')
+
+    def forward(self, x):
+        feat = self.model.forward_features(x)
+        return feat.permute(0, 3, 1, 2) if feat.shape[-1] == self.model.num_features else feat
+
+
 def build_backbone(name):
     scope, cfg = MODELS[name]
+    if scope != 'mmdefscan':
+        try:
+            __import__(f'{scope}.models')
+        except ImportError:
+            if name in TIMM_PEERS:
+                print(f'{name}: {scope} not importable, using timm {TIMM_PEERS[name]}')
+                return TimmFeatures(TIMM_PEERS[name])
+            raise
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
     from mmengine.registry import init_default_scope
     init_default_scope(scope)
