@@ -41,6 +41,40 @@ def test_official_classification_layout_loads(tmp_path):
     assert torch.equal(model.outnorm0.weight, torch.ones(16))
 
 
+def test_output_norms_follow_out_indices(tmp_path):
+    """Norms of stages the backbone does not output are ignored; norms the checkpoint lacks
+    entirely keep their init (an mmpretrain classifier has only the last one); half a norm is an
+    error."""
+    source = DefMamba(**TINY)
+    for norm in range(4):
+        getattr(source, f'outnorm{norm}').weight.data.fill_(2.0 + norm)
+    torch.save(source.state_dict(), tmp_path / 'all.pth')
+    last = DefMamba(**TINY, out_indices=(3, ),
+                    init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'all.pth')))
+    last.init_weights()
+    assert torch.equal(last.outnorm3.weight, torch.full((64, ), 5.0))
+    classifier = {f'backbone.{k}': v for k, v in source.state_dict().items()
+                  if not k.startswith(('outnorm0', 'outnorm1', 'outnorm2'))}
+    classifier['head.fc.weight'] = torch.zeros(1000, 64)
+    torch.save({'state_dict': classifier}, tmp_path / 'cls.pth')
+    model = init_from(tmp_path / 'cls.pth', prefix='backbone.')
+    assert torch.equal(model.outnorm3.weight, torch.full((64, ), 5.0))
+    assert torch.equal(model.outnorm0.weight, torch.ones(16))
+    half = source.state_dict()
+    del half['outnorm1.bias']
+    torch.save(half, tmp_path / 'half.pth')
+    with pytest.raises(CheckpointError, match=r'1 missing: outnorm1\.bias'):
+        init_from(tmp_path / 'half.pth')
+
+
+def test_truncated_file_is_named(tmp_path):
+    torch.save(DefMamba(**TINY).state_dict(), tmp_path / 'ok.pth')
+    data = (tmp_path / 'ok.pth').read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 3])
+    with pytest.raises(CheckpointError, match=r'cut\.pth: not a readable checkpoint'):
+        init_from(tmp_path / 'cut.pth')
+
+
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         init_from(tmp_path / 'nope.pth')

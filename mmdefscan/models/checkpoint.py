@@ -3,9 +3,12 @@
 The official repositories print "Failed loading checkpoint" (or log missing keys) and train from
 random weights. Here every missing, unexpected or mis-shaped key is an error that names it; the
 only tolerated gaps are parts that a classification checkpoint cannot contain (the backbone's
-new output norms), and the classification head, which a backbone drops.
+new output norms), output norms of stages a backbone does not output, and the classification
+head, which a backbone drops. Official checkpoints in other layouts (training states with pickled
+objects, EMA weights, detector prefixes) are converted by :mod:`mmdefscan.models.converters`.
 """
 import pickle
+import zipfile
 
 import torch
 from mmengine.logging import print_log
@@ -37,13 +40,21 @@ def extract_state_dict(checkpoint, source='checkpoint'):
 
 
 def load_checkpoint_file(filename, map_location='cpu'):
-    """Load with torch's safe ``weights_only`` unpickler (local paths, URLs, MMEngine schemes)."""
+    """Load with torch's safe ``weights_only`` unpickler (local paths, URLs, MMEngine schemes).
+
+    A file that is not a readable checkpoint (truncated download, wrong file) is a
+    :class:`CheckpointError` naming it; a missing file stays ``FileNotFoundError``.
+    """
     try:
         return CheckpointLoader.load_checkpoint(filename, map_location=map_location)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f'{filename}: holds Python objects that safe loading refuses ({str(err).splitlines()[0]}); '
             'convert it with tools/model_converters/ first') from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f'{filename}: not a readable checkpoint (truncated or corrupt '
+                              f'file?): {reason}') from None
 
 
 def _short(keys, limit=6):
@@ -52,32 +63,34 @@ def _short(keys, limit=6):
     return ', '.join(keys[:limit]) + more
 
 
-def load_backbone_weights(module, filename, prefix=None, head_prefixes=(), optional_prefixes=(),
-                          logger='current'):
-    """Load ``filename`` into ``module`` strictly.
+def fit_state_dict(module, state, source='checkpoint', head_prefixes=(), optional_prefixes=()):
+    """Check that ``state`` fits ``module`` key for key and shape for shape.
+
+    Returns the state to load (head keys dropped, see below) and a list of notes; raises
+    :class:`CheckpointError` naming every missing, unexpected or mis-shaped key.
 
     Args:
-        prefix: keep only keys under this prefix (e.g. ``'backbone.'`` of a detector) and strip it.
         head_prefixes: classification-head keys that a backbone drops.
-        optional_prefixes: module keys that may be absent when the checkpoint has none of them at
-            all (e.g. ``'outnorm'``: official classification checkpoints have no output norms).
+        optional_prefixes: modules a checkpoint may lack or have in excess (``'outnorm'``): a
+            module of which the checkpoint has no key at all keeps its init (official
+            classification checkpoints have no output norms, an mmpretrain classifier only the
+            last one); keys of such modules the backbone does not build (stages not in
+            ``out_indices``) are dropped. A module with only some of its keys is an error.
     """
-    state = extract_state_dict(load_checkpoint_file(filename), str(filename))
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not state:
-            raise CheckpointError(f'{filename}: no key starts with prefix {prefix!r}')
+    state = dict(state)
     dropped = [k for k in state if k.startswith(tuple(head_prefixes))] if head_prefixes else []
     for k in dropped:
         del state[k]
-
     own = module.state_dict()
     missing = set(own) - set(state)
-    absent = {p for p in optional_prefixes if not any(k.startswith(p) for k in state)}
-    kept_init = {k for k in missing if k.startswith(tuple(absent))}
+    present = {k.rsplit('.', 1)[0] for k in state}
+    kept_init = {k for k in missing if optional_prefixes and k.startswith(tuple(optional_prefixes))
+                 and k.rsplit('.', 1)[0] not in present}
     missing -= kept_init
+    unused = {k for k in set(state) - set(own) if optional_prefixes
+              and k.startswith(tuple(optional_prefixes))}
+    for k in unused:
+        del state[k]
     unexpected = set(state) - set(own)
     mismatched = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
                   for k in set(state) & set(own) if state[k].shape != own[k].shape]
@@ -89,10 +102,33 @@ def load_backbone_weights(module, filename, prefix=None, head_prefixes=(), optio
     if mismatched:
         problems.append(f'{len(mismatched)} shape mismatches: {_short(mismatched)}')
     if problems:
-        raise CheckpointError(f'{filename} does not fit {type(module).__name__}: '
+        raise CheckpointError(f'{source} does not fit {type(module).__name__}: '
                               + '; '.join(problems))
+    notes = [f'dropped {len(dropped)} head keys'] if dropped else []
+    if kept_init:
+        notes.append(f'kept init for {len(kept_init)} keys ({_short(kept_init, 3)})')
+    if unused:
+        notes.append(f'ignored {len(unused)} keys of parts it does not build ({_short(unused, 3)})')
+    return state, notes
+
+
+def load_backbone_weights(module, filename, prefix=None, head_prefixes=(), optional_prefixes=(),
+                          logger='current'):
+    """Load ``filename`` into ``module`` strictly (see :func:`fit_state_dict`).
+
+    Args:
+        prefix: keep only keys under this prefix (e.g. ``'backbone.'`` of a detector) and strip it.
+        head_prefixes, optional_prefixes: see :func:`fit_state_dict`.
+    """
+    state = extract_state_dict(load_checkpoint_file(filename), str(filename))
+    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f'{filename}: no key starts with prefix {prefix!r}')
+    state, notes = fit_state_dict(module, state, filename, head_prefixes, optional_prefixes)
     module.load_state_dict(state, strict=False)
-    notes = f', dropped {len(dropped)} head keys' if dropped else ''
-    notes += f', kept init for {len(kept_init)} keys ({_short(kept_init, 3)})' if kept_init else ''
+    notes = ''.join(f', {n}' for n in notes)
     print_log(f'Loaded {len(state)} tensors into {type(module).__name__} from {filename}{notes}',
               logger=logger)
