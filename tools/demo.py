@@ -40,7 +40,7 @@ def metrics(output):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--iters', type=int, help='training iterations (config default: 300)')
+    parser.add_argument('--iters', type=int, help='training iterations (config default: 450)')
     args = parser.parse_args()
     sys.path.insert(0, REPO)
     from mmdefscan.datasets.synthetic import generate

@@ -1,4 +1,6 @@
 """What every mmdefscan backbone shares: strict pretrained loading, frozen stages, input checks."""
+import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 
 from ..checkpoint import load_backbone_weights
@@ -43,3 +45,46 @@ class ScanBackbone(BaseModule):
         super().train(mode)
         self._freeze_stages()
         return self
+
+
+class ChannelsLastBackbone(ScanBackbone):
+    """Stem ``patch_embed`` then ``layers[i].blocks`` / ``.downsample`` on channels-last maps,
+    outputs ``outnorm{i}`` of each stage's pre-downsample map as NCHW (DefMamba, Spatial-Mamba).
+    """
+
+    @staticmethod
+    def _init_module(m):
+        """Official model-level init: trunc_normal(0.02) Linear, LN weight 1 bias 0."""
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _frozen_modules(self, stage):
+        if stage < 0:
+            return [self.patch_embed]
+        norm = getattr(self, f'outnorm{stage}', None)
+        return [self.layers[stage]] + ([norm] if norm is not None else [])
+
+    def _run_blocks(self, blocks, x):
+        for block in blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x):
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            feat = self._run_blocks(layer.blocks, x)
+            if layer.downsample is not None:
+                x = layer.downsample(feat)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'outnorm{i}')(feat).permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)

@@ -9,13 +9,12 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 
 from ...ops import DeformableScan, selective_scan_fn, unsort_tokens
 from ...registry import register_backbone
 from ..layers import DropPath, Permute, stochastic_depth_rates
-from .base import ScanBackbone
+from .base import ChannelsLastBackbone
 
 # dims (int -> dims * 2**i), depths and the classification drop-path rate of each variant
 ARCH_SETTINGS = {
@@ -134,7 +133,7 @@ class DefMambaStage(nn.Module):
 
 
 @register_backbone
-class DefMamba(ScanBackbone):
+class DefMamba(ChannelsLastBackbone):
     """DefMamba backbone for mmdet / mmseg / mmpretrain.
 
     Args:
@@ -221,39 +220,3 @@ class DefMamba(ScanBackbone):
         if len(cfg['dims']) != len(depths):
             raise ValueError(f'DefMamba: {len(cfg["dims"])} dims for {len(depths)} stages')
         return cfg
-
-    @staticmethod
-    def _init_module(m):
-        """Official model-level init: trunc_normal(0.02) Linear, LN weight 1 bias 0."""
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def _frozen_modules(self, stage):
-        if stage < 0:
-            return [self.patch_embed]
-        norm = getattr(self, f'outnorm{stage}', None)
-        return [self.layers[stage]] + ([norm] if norm is not None else [])
-
-    def _run_blocks(self, blocks, x):
-        for block in blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
-    def forward(self, x):
-        self._check_input(x)
-        x = self.patch_embed(x)
-        outs = []
-        for i, layer in enumerate(self.layers):
-            feat = self._run_blocks(layer.blocks, x)
-            x = layer.downsample(feat)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'outnorm{i}')(feat).permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)

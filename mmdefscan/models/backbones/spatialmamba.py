@@ -12,13 +12,12 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 
 from ...ops import StateFusion, selective_scan_states
 from ...registry import register_backbone
 from ..layers import DropPath, stochastic_depth_rates
-from .base import ScanBackbone
+from .base import ChannelsLastBackbone
 
 # dims (int -> dims * 2**i), depths and the classification drop-path rate of each variant
 ARCH_SETTINGS = {
@@ -200,7 +199,7 @@ class SpatialMambaStage(nn.Module):
 
 
 @register_backbone
-class SpatialMamba(ScanBackbone):
+class SpatialMamba(ChannelsLastBackbone):
     """Spatial-Mamba backbone for mmdet / mmseg / mmpretrain.
 
     Args:
@@ -303,40 +302,3 @@ class SpatialMamba(ScanBackbone):
             raise ValueError('SpatialMamba: d_state=None means ceil(dims[0] / 6) states; only 1 '
                              'is supported (the official model fails for more)')
         return cfg
-
-    @staticmethod
-    def _init_module(m):
-        """Official model-level init: trunc_normal(0.02) Linear, LN weight 1 bias 0."""
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def _frozen_modules(self, stage):
-        if stage < 0:
-            return [self.patch_embed]
-        norm = getattr(self, f'outnorm{stage}', None)
-        return [self.layers[stage]] + ([norm] if norm is not None else [])
-
-    def _run_blocks(self, blocks, x):
-        for block in blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
-    def forward(self, x):
-        self._check_input(x)
-        x = self.patch_embed(x)
-        outs = []
-        for i, layer in enumerate(self.layers):
-            feat = self._run_blocks(layer.blocks, x)
-            if layer.downsample is not None:
-                x = layer.downsample(feat)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'outnorm{i}')(feat).permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)
