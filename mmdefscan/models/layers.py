@@ -1,6 +1,7 @@
 """Small building blocks shared by the backbones."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class DropPath(nn.Module):
@@ -37,3 +38,23 @@ def stochastic_depth_rates(drop_path_rate, depths):
     rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
     starts = [sum(depths[:i]) for i in range(len(depths))]
     return [rates[s:s + d] for s, d in zip(starts, depths)]
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 on channels-last tokens (the official ``Mlp`` with dropout 0)."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def stage_dims(dims, depths, name):
+    """Per-stage widths: an int ``dims`` doubles every stage (the official convention)."""
+    dims = [int(dims * 2 ** i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
+    if len(dims) != len(depths):
+        raise ValueError(f'{name}: {len(dims)} dims for {len(depths)} stages')
+    return dims

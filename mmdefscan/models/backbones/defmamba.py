@@ -13,7 +13,7 @@ from mmengine.logging import print_log
 
 from ...ops import DeformableScan, selective_scan_fn, unsort_tokens
 from ...registry import register_backbone
-from ..layers import DropPath, Permute, stochastic_depth_rates
+from ..layers import DropPath, Mlp, Permute, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
 
 # dims (int -> dims * 2**i), depths and the classification drop-path rate of each variant
@@ -97,16 +97,6 @@ class DeformableSSM(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
         return self.out_proj(self.scan(x) * F.silu(z))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class DefMambaBlock(nn.Module):
@@ -213,10 +203,6 @@ class DefMamba(ChannelsLastBackbone):
         if ignored:
             print_log(f'DefMamba: ignoring official keys that do not affect it: {ignored}',
                       logger='current')
-        dims, depths = cfg['dims'], list(cfg['depths'])
-        cfg['dims'] = [int(dims * 2 ** i) for i in range(len(depths))] if isinstance(dims, int) \
-            else list(dims)
-        cfg['depths'] = depths
-        if len(cfg['dims']) != len(depths):
-            raise ValueError(f'DefMamba: {len(cfg["dims"])} dims for {len(depths)} stages')
+        cfg['depths'] = list(cfg['depths'])
+        cfg['dims'] = stage_dims(cfg['dims'], cfg['depths'], 'DefMamba')
         return cfg

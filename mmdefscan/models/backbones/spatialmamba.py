@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 
 from ...ops import StateFusion, selective_scan_states
 from ...registry import register_backbone
-from ..layers import DropPath, stochastic_depth_rates
+from ..layers import DropPath, Mlp, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
 
 # dims (int -> dims * 2**i), depths and the classification drop-path rate of each variant
@@ -157,16 +157,6 @@ class StructureAwareSSM(nn.Module):
         return self.dropout(y) if self.dropout is not None else y
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class SpatialMambaBlock(nn.Module):
     """x + cpe1(x); x + DropPath(mixer(ln_1(x))); x + cpe2(x); x + DropPath(mlp(ln_2(x)))."""
 
@@ -292,12 +282,8 @@ class SpatialMamba(ChannelsLastBackbone):
         if ignored:
             print_log(f'SpatialMamba: ignoring official keys that do not affect it: {ignored}',
                       logger='current')
-        dims, depths = cfg['dims'], list(cfg['depths'])
-        cfg['dims'] = [int(dims * 2 ** i) for i in range(len(depths))] if isinstance(dims, int) \
-            else list(dims)
-        cfg['depths'] = depths
-        if len(cfg['dims']) != len(depths):
-            raise ValueError(f'SpatialMamba: {len(cfg["dims"])} dims for {len(depths)} stages')
+        cfg['depths'] = list(cfg['depths'])
+        cfg['dims'] = stage_dims(cfg['dims'], cfg['depths'], 'SpatialMamba')
         if official.get('d_state', 1) is None and math.ceil(cfg['dims'][0] / 6) != 1:
             raise ValueError('SpatialMamba: d_state=None means ceil(dims[0] / 6) states; only 1 '
                              'is supported (the official model fails for more)')
