@@ -28,3 +28,24 @@ def reference_files(model):
 def max_rel_err(out, ref):
     out, ref = out.detach().double(), ref.detach().double()
     return float((out - ref).abs().max() / ref.abs().max())
+
+
+def load_ref(path):
+    return torch.load(path, weights_only=True)
+
+
+def run_case(model, ref, name, dtype):
+    """Eval outputs, train outputs and input gradient, each after a fresh load_state_dict (the
+    fixture README's procedure)."""
+    x = ref[f'input_{name}'].to(dtype)
+    model.load_state_dict(ref['state_dict'], strict=True)
+    model.eval()
+    with torch.no_grad():
+        out_eval = model(x)
+    model.load_state_dict(ref['state_dict'], strict=True)
+    model.train()
+    x = x.clone().requires_grad_(True)
+    out_train = model(x)
+    loss = sum((o * w.to(dtype)).sum() for o, w in zip(out_train, ref[f'grad_weights_{name}']))
+    grad, = torch.autograd.grad(loss, x)
+    return out_eval, out_train, grad

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from _refs import fixture_dir, max_rel_err, reference_files
+from _refs import fixture_dir, load_ref, max_rel_err, reference_files, run_case
 from mmdefscan.models.backbones import DAMamba
 from mmdefscan.ops import (DynamicAdaptiveScan, OffsetPredictionNet, adaptive_sample,
                            selective_scan_states)
@@ -16,26 +16,6 @@ from mmdefscan.registry import MODELS
 
 REFS = reference_files('damamba')
 SMALL = dict(depths=[1, 2, 1, 1], dims=[16, 32, 48, 64], mlp_ratios=[4, 4, 3, 3], head_dim=16)
-
-
-def load_ref(path):
-    return torch.load(path, weights_only=True)
-
-
-def run_case(model, ref, name, dtype):
-    """Eval outputs, train outputs and input gradient, each after a fresh load_state_dict."""
-    x = ref[f'input_{name}'].to(dtype)
-    model.load_state_dict(ref['state_dict'], strict=True)
-    model.eval()
-    with torch.no_grad():
-        out_eval = model(x)
-    model.load_state_dict(ref['state_dict'], strict=True)
-    model.train()
-    x = x.clone().requires_grad_(True)
-    out_train = model(x)
-    loss = sum((o * w.to(dtype)).sum() for o, w in zip(out_train, ref[f'grad_weights_{name}']))
-    grad, = torch.autograd.grad(loss, x)
-    return out_eval, out_train, grad
 
 
 def fixture_errors(model, ref, dtype):
