@@ -11,10 +11,12 @@ For batch b, channel d, state n and time t (h_{-1} = 0), with channel d in group
 to mamba-ssm's ``selective_scan_cuda`` kernel when it can be imported; everything else (and CUDA
 without the kernel, after one warning) goes to ``selective_scan_ref``, an exact PyTorch version
 that scans in chunks (about 2*sqrt(L) vectorised steps instead of L). Both compute in float32
-(float64 stays float64) and return the dtype of ``u``.
+(float64 stays float64) and return the dtype of ``u``; the kernel reads fp16 / bf16 activations as
+they are (as mamba-ssm does under autocast), the torch path upcasts them.
 """
 import math
 import warnings
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -47,55 +49,94 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _per_channel(M, batch, dim, length):
-    """Expand B or C, given as (D, N), (b, N, L) or (b, G, N, L), to (b, D, N, L)."""
-    if M.dim() == 2:
-        return M[None, :, :, None].expand(batch, dim, M.shape[1], length)
-    if M.dim() == 3:
-        M = M.unsqueeze(1)
-    groups = M.shape[1]
-    if dim % groups:
-        raise ValueError(f'selective scan: {dim} channels are not divisible into {groups} groups')
-    M = M.unsqueeze(2).expand(batch, groups, dim // groups, *M.shape[2:])
-    return M.reshape(batch, dim, *M.shape[3:])
-
-
-def linear_scan(log_a, b, chunk=None):
-    """h_t = exp(log_a_t) * h_{t-1} + b_t along the last axis (h_{-1} = 0), log_a <= 0.
+def linear_scan(log_a, x, chunk=None):
+    """h_t = exp(log_a_t) * h_{t-1} + x_t along the last axis (h_{-1} = 0), log_a <= 0.
 
     Parallel in chunks: a sequential pass of ``chunk`` steps runs inside all chunks at once, a
     second pass of n_chunks steps carries the state between chunks, and the decay from each
-    chunk start (exp of a cumulative sum of log_a <= 0, so it never overflows) adds the carry.
-    Every step is plain autograd-friendly tensor math.
+    chunk start (a cumulative product of factors <= 1, so it never overflows) adds the carry.
+    Steps run in place and are not differentiable: :class:`_ScanTorch` supplies the adjoint.
     """
-    length = b.shape[-1]
+    length = x.shape[-1]
     if chunk is None:
         chunk = max(1, math.isqrt(length - 1) + 1)
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
     if pad:
-        log_a = F.pad(log_a, (0, pad))
-        b = F.pad(b, (0, pad))
-    # time-major: (chunk, ..., n_chunks) so each step reads a contiguous slice
-    log_a = log_a.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0)
-    b = b.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0)
-    # unbind (not indexing) keeps backward linear: its gradient is one stack, not a zero-filled
-    # full-size tensor per step
-    h = torch.zeros_like(b[0])
-    local = []
-    for a_t, b_t in zip(log_a.exp().unbind(0), b.unbind(0)):
-        h = a_t * h + b_t
-        local.append(h)
-    local = torch.stack(local)  # (chunk, ..., n_chunks): scan of each chunk from a zero state
-    decay = log_a.cumsum(0).exp()  # (chunk, ..., n_chunks): decay since the chunk start
-    carry = torch.zeros_like(b[0][..., 0])
-    carries = []
-    for decay_c, local_c in zip(decay[-1].unbind(-1), local[-1].unbind(-1)):
-        carries.append(carry)
-        carry = decay_c * carry + local_c
-    h = local + decay * torch.stack(carries, -1)
+        log_a, x = F.pad(log_a, (0, pad)), F.pad(x, (0, pad))
+    # time-major and contiguous, (chunk, ..., n_chunks): every step is one dense slice
+    a = log_a.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).exp().contiguous()
+    h = x.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).clone(memory_format=torch.contiguous_format)
+    for t in range(1, chunk):  # scan inside every chunk from a zero state
+        h[t].addcmul_(a[t], h[t - 1])
+    decay = a.cumprod_(0)  # decay since each chunk start
+    carry = torch.zeros_like(h[0, ..., 0])
+    carries = torch.empty_like(h[0])
+    for j in range(n_chunks):  # state entering chunk j
+        carries[..., j] = carry
+        carry = torch.addcmul(h[-1, ..., j], decay[-1, ..., j], carry)
+    h.addcmul_(decay, carries)
     h = h.movedim(0, -1).flatten(-2)
-    return h[..., :length] if pad else h
+    return h[..., :length].contiguous() if pad else h
+
+
+class _ScanTorch(torch.autograd.Function):
+    """The recurrence of :func:`selective_scan_ref` with a hand-written adjoint.
+
+    forward(u, dt (b, D, L), A (D, N), B, C (b, G, N, L)) -> (sum_n C h (b, D, L), h_last).
+    Backward runs the adjoint recurrence lam_t = C_t dy_t + a_{t+1} lam_{t+1} as one more
+    (reversed) scan, instead of differentiating every step of the forward loops.
+    """
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C):
+        batch, dim, length = u.shape
+        groups = B.shape[1]
+        grouped = (batch, groups, dim // groups, A.shape[1], length)
+        log_a = dt[:, :, None] * A[None, :, :, None]  # (b, D, N, L)
+        x = (dt * u).view(batch, groups, -1, 1, length) * B[:, :, None]
+        h = linear_scan(log_a, x.view_as(log_a))
+        y = (h.view(grouped) * C[:, :, None]).sum(3).view(batch, dim, length)
+        ctx.save_for_backward(u, dt, A, B, C, h)
+        return y, h[..., -1].clone()
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, dt, A, B, C, h = ctx.saved_tensors
+        batch, dim, length = u.shape
+        groups = B.shape[1]
+        grouped = (batch, groups, dim // groups, A.shape[1], length)
+        g = (dy.reshape(batch, groups, -1, 1, length) * C[:, :, None]).view_as(h)
+        g[..., -1] += dlast
+        log_a = dt[:, :, None] * A[None, :, :, None]
+        # adjoint: reversed scan whose step-t coefficient is a_{t+1}
+        log_a_next = F.pad(log_a[..., 1:], (0, 1))
+        lam = linear_scan(log_a_next.flip(-1), g.flip(-1)).flip(-1)
+        dtu = dt * u
+        x = (dtu.view(batch, groups, -1, 1, length) * B[:, :, None]).view_as(h)
+        dlog_a = lam * (h - x)  # lam_t * a_t * h_{t-1}
+        lam_b = (lam.view(grouped) * B[:, :, None]).sum(3).view_as(u)  # sum_n lam B
+        d_dtu = lam_b
+        du = d_dtu * dt if ctx.needs_input_grad[0] else None
+        ddt = d_dtu * u + (dlog_a * A[None, :, :, None]).sum(2)
+        dA = (dlog_a * dt[:, :, None]).sum((0, 3)) if ctx.needs_input_grad[2] else None
+        dB = ((lam * dtu[:, :, None]).view(grouped).sum(2)
+              if ctx.needs_input_grad[3] else None)
+        dC = ((h * dy[:, :, None]).view(grouped).sum(2)
+              if ctx.needs_input_grad[4] else None)
+        return du, ddt, dA, dB, dC
+
+
+def _grouped(M, batch, dim, length):
+    """B or C as (b, G, N, L): (D, N) is G = D constant groups, (b, N, L) one group (views)."""
+    if M.dim() == 2:
+        return M[None, :, :, None].expand(batch, dim, M.shape[1], length)
+    if M.dim() == 3:
+        M = M.unsqueeze(1)
+    if dim % M.shape[1]:
+        raise ValueError(f'selective scan: {dim} channels are not divisible into '
+                         f'{M.shape[1]} groups')
+    return M.expand(batch, *M.shape[1:])
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -114,57 +155,95 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         delta = delta + delta_bias.to(cdt)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)  # threshold 20: identity above, as in the kernels
-    A = A.to(cdt)
-    Bx = _per_channel(B.to(cdt), batch, dim, length)
-    Cx = _per_channel(C.to(cdt), batch, dim, length)
-    log_a = delta[:, :, None, :] * A[None, :, :, None]  # (b, D, N, L)
-    h = linear_scan(log_a, (delta * u)[:, :, None, :] * Bx)
-    y = (h * Cx).sum(2)
+    y, last = _ScanTorch.apply(u, delta, A.to(cdt), _grouped(B.to(cdt), batch, dim, length),
+                               _grouped(C.to(cdt), batch, dim, length))
     if D is not None:
         y = y + D.to(cdt)[:, None] * u
     if z is not None:
         y = y * F.silu(z.to(cdt))
     y = y.to(out_dtype)
-    return (y, h[..., -1]) if return_last_state else y
+    return (y, last) if return_last_state else y
 
 
-class _SelectiveScanCuda(torch.autograd.Function):
-    """mamba-ssm's kernel; B and C arrive as (b, G, N, L) in u's dtype."""
+# The kernel as two torch custom ops, so that torch.compile keeps it opaque and traces the rest.
+# Optional outputs are returned as empty tensors (a custom op cannot return None).
+def _empty(ref):
+    return ref.new_empty(0)
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        kernel = _load_kernel()
-        out, x, *rest = kernel.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        ctx.delta_softplus = delta_softplus
-        ctx.has_z = z is not None
-        out_z = rest[0] if ctx.has_z else None
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, x, out)
-        ctx.mark_non_differentiable(x)
-        return (out_z if ctx.has_z else out), x
 
-    @staticmethod
-    def backward(ctx, dout, _dx):
-        u, delta, A, B, C, D, z, delta_bias, x, out = ctx.saved_tensors
-        dout = dout.contiguous()
-        du, ddelta, dA, dB, dC, dD, ddelta_bias, *rest = _load_kernel().bwd(
-            u, delta, A, B, C, D, z, delta_bias, dout, x, out, None, ctx.delta_softplus, False)
-        dz = rest[0] if ctx.has_z else None
-        return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz,
-                ddelta_bias if delta_bias is not None else None, None)
+@torch.library.custom_op('mmdefscan::selective_scan_fwd', mutates_args=())
+def _scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+              C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+              delta_bias: Optional[torch.Tensor], delta_softplus: bool
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, x, *rest = _load_kernel().fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return out, x, (rest[0] if z is not None else _empty(out))
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    batch, dim, length = u.shape
+    chunks = -(-length // 2048)  # the kernel keeps (a, h) pairs per chunk of 2048 steps
+    x = u.new_empty(batch, dim, chunks, 2 * A.shape[1], dtype=torch.float32)
+    return torch.empty_like(u), x, (torch.empty_like(z) if z is not None else _empty(u))
+
+
+@torch.library.custom_op('mmdefscan::selective_scan_bwd', mutates_args=())
+def _scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+              C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+              delta_bias: Optional[torch.Tensor], dout: torch.Tensor, x: torch.Tensor,
+              out: Optional[torch.Tensor], delta_softplus: bool) -> List[torch.Tensor]:
+    grads = _load_kernel().bwd(u, delta, A, B, C, D, z, delta_bias, dout, x, out, None,
+                               delta_softplus, False)
+    du, ddelta, dA, dB, dC, dD, ddelta_bias = grads[:7]
+    dz = grads[7] if z is not None else None
+    return [du, ddelta, dA, dB, dC] + [g if g is not None else _empty(du)
+                                       for g in (dD, ddelta_bias, dz)]
+
+
+@_scan_bwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, dout, x, out, delta_softplus):
+    like = lambda t: torch.empty_like(t) if t is not None else _empty(u)  # noqa: E731
+    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), like(D), like(delta_bias), like(z)]
+
+
+def _scan_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    out, x, out_z = output
+    ctx.delta_softplus = delta_softplus
+    ctx.has = (D is not None, delta_bias is not None, z is not None)
+    # the kernel reads ``out`` only to differentiate the gate z: without z it is not kept alive
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, x, out if z is not None else None)
+    ctx.mark_non_differentiable(x)
+
+
+def _scan_backward(ctx, dout, _dx, dout_z):
+    u, delta, A, B, C, D, z, delta_bias, x, out = ctx.saved_tensors
+    has_d, has_bias, has_z = ctx.has
+    dout = (dout_z if has_z else dout).contiguous()
+    du, ddelta, dA, dB, dC, dD, ddelta_bias, dz = _scan_bwd(
+        u, delta, A, B, C, D, z, delta_bias, dout, x, out, ctx.delta_softplus)
+    return (du, ddelta, dA, dB, dC, dD if has_d else None, dz if has_z else None,
+            ddelta_bias if has_bias else None, None)
+
+
+_scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
 
 
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-    out_dtype = u.dtype
-    cdt = torch.float32  # the kernel computes in fp32 anyway; feeding fp32 keeps autocast exact
+    # The kernel reads u, delta, B, C, z in one input dtype (fp32, fp16 or bf16) and always
+    # computes in fp32, so low-precision activations go in as they are (half the bytes, no cast
+    # copies); A, D and delta_bias are parameters and go in as fp32.
+    io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     batch, dim, length = u.shape
-    prep = [t.to(cdt).contiguous() if t is not None else None for t in (u, delta, z)]
     Bk, Ck = (M[None, :, :, None].expand(batch, dim, M.shape[1], length) if M.dim() == 2
               else (M.unsqueeze(1) if M.dim() == 3 else M) for M in (B, C))
-    y, x = _SelectiveScanCuda.apply(
-        prep[0], prep[1], A.float().contiguous(), Bk.to(cdt).contiguous(),
-        Ck.to(cdt).contiguous(), None if D is None else D.float().contiguous(), prep[2],
-        None if delta_bias is None else delta_bias.float().contiguous(), delta_softplus)
-    y = y.to(out_dtype)
+    cast = lambda t: None if t is None else t.to(io).contiguous()  # noqa: E731
+    fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    out, x, out_z = _scan_fwd(cast(u), cast(delta), fp32(A), cast(Bk), cast(Ck), fp32(D), cast(z),
+                              fp32(delta_bias), delta_softplus)
+    y = out_z if z is not None else out
     if return_last_state:
         return y, x[:, :, -1, 1::2]  # the kernel stores (a, h) pairs per chunk; h is the state
     return y
@@ -174,7 +253,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                       return_last_state=False):
     """Selective scan with mamba-ssm's signature; kernel on CUDA when available, else exact torch.
 
-    Under autocast the scan runs in float32 and the result has the dtype of ``u``.
+    Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.
     """
     with torch.autocast(u.device.type, enabled=False):
         if u.is_cuda and u.dtype != torch.float64 and _load_kernel():

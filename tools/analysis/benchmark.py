@@ -2,12 +2,13 @@
 
     python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
         [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
-        [--detector CONFIG ...] [--segmentor CONFIG ...] [--json out.json]
+        [--compile] [--detector CONFIG ...] [--segmentor CONFIG ...] [--json out.json]
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
 training step. fp32 runs with TF32 on (CUDA); bf16 under autocast. CUDA timings use events;
-the median of ``--iters`` runs after ``--warmup``. A markdown table is printed last.
+the median of ``--iters`` runs after ``--warmup``. ``--compile`` runs every model through
+``torch.compile`` (warm-up includes the compilation). A markdown table is printed last.
 """
 import argparse
 import json
@@ -114,6 +115,7 @@ def bench_classification(name, args, device, timer):
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
     params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+    run = torch.compile(model, dynamic=False) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for dtype in args.dtypes:
         x = torch.randn(args.batch, 3, 224, 224, device=device)
@@ -121,7 +123,7 @@ def bench_classification(name, args, device, timer):
 
         def infer():
             with torch.no_grad(), autocast(device, dtype):
-                model(x)
+                run(x)
         t_inf = timer(infer, args.iters, args.warmup)
         xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (args.train_batch,), device=device)
@@ -129,7 +131,7 @@ def bench_classification(name, args, device, timer):
 
         def train():
             with autocast(device, dtype):
-                loss = nn.functional.cross_entropy(model(xt), target)
+                loss = nn.functional.cross_entropy(run(xt), target)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -137,12 +139,13 @@ def bench_classification(name, args, device, timer):
             torch.cuda.reset_peak_memory_stats()
         t_train = timer(train, args.iters, args.warmup)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
-        rows.append(dict(model=name, dtype=dtype, params_M=round(params, 2),
+        mode = dtype + ('+compile' if args.compile else '')
+        rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
                          infer_img_s=round(args.batch / t_inf, 1),
                          train_img_s=round(args.train_batch / t_train, 1),
                          train_peak_GiB=round(peak, 2)))
         print(rows[-1], flush=True)
-    del model, optimizer
+    del model, run, optimizer
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return rows
@@ -151,8 +154,10 @@ def bench_classification(name, args, device, timer):
 def bench_downstream(config, kind, args, device, timer):
     """Seconds per training iteration of a full detector / segmentor on random data."""
     from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.registry import init_default_scope
-    cfg = Config.fromfile(config)
+    # 'mmdet::swin/...' names a config of the installed package (the peer's own recipe)
+    cfg = get_config(config) if '::' in config else Config.fromfile(config)
     init_default_scope(cfg.default_scope)
     registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
     cfg.model.backbone.pop('init_cfg', None)
@@ -184,21 +189,26 @@ def bench_downstream(config, kind, args, device, timer):
             s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w), device=device))
             samples.append(s)
     x = torch.randn(batch, 3, h, w, device=device)
-
-    def step():
-        losses = model.loss(x, samples)
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    rows = []
+    for dtype in args.dtypes:
+        def step():
+            with autocast(device, dtype):
+                losses = model.loss(x, samples)
+                loss = sum(v for k, v in losses.items() if 'loss' in k)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        seconds = timer(step, args.iters, args.warmup)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
+        rows.append(dict(config=config, dtype=dtype, batch=batch, shape=f'{h}x{w}',
+                         s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
+        print(rows[-1], flush=True)
+    del model, optimizer
     if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    seconds = timer(step, args.iters, args.warmup)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
-    row = dict(config=config, batch=batch, shape=f'{h}x{w}', s_per_iter=round(seconds, 3),
-               peak_GiB=round(peak, 2))
-    print(row, flush=True)
-    return row
+        torch.cuda.empty_cache()
+    return rows
 
 
 def main():
@@ -211,6 +221,7 @@ def main():
     parser.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=['fp32', 'bf16'])
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model')
     parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
     parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
     parser.add_argument('--json', help='write all rows here')
@@ -220,8 +231,9 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     timer = Timer(device)
     rows = [r for name in args.models for r in bench_classification(name, args, device, timer)]
-    downstream = [bench_downstream(c, 'det', args, device, timer) for c in args.detector]
-    downstream += [bench_downstream(c, 'seg', args, device, timer) for c in args.segmentor]
+    downstream = [r for c in args.detector for r in bench_downstream(c, 'det', args, device, timer)]
+    downstream += [r for c in args.segmentor
+                   for r in bench_downstream(c, 'seg', args, device, timer)]
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'
@@ -239,10 +251,10 @@ def main():
         print(f"| {r['model']} | {r['dtype']} | {r['params_M']} | {r['infer_img_s']} | "
               f"{r['train_img_s']} | {r['train_peak_GiB']} | {ratio} |")
     if downstream:
-        print('\n| config | batch x shape | s / train iter | peak GiB |\n|---|---|---|---|')
+        print('\n| config | dtype | batch x shape | s / train iter | peak GiB |\n|---|---|---|---|---|')
         for r in downstream:
-            print(f"| {r['config']} | {r['batch']} x {r['shape']} | {r['s_per_iter']} | "
-                  f"{r['peak_GiB']} |")
+            print(f"| {r['config']} | {r['dtype']} | {r['batch']} x {r['shape']} | "
+                  f"{r['s_per_iter']} | {r['peak_GiB']} |")
 
 
 if __name__ == '__main__':

@@ -1,0 +1,68 @@
+"""Where a backbone's GPU time goes: torch.profiler's per-operator table for one workload.
+
+    python tools/analysis/profile_backbone.py --model DefMamba-S [--mode infer|train]
+        [--batch 64] [--dtype fp32|bf16] [--compile] [--rows 30]
+
+Same model and step as tools/analysis/benchmark.py (224x224 classifier); prints the operators
+sorted by their device time (self time, so nested calls are not counted twice).
+"""
+import argparse
+import os.path as osp
+import sys
+
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from benchmark import MODELS, Classifier, autocast, build_backbone  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', default='DefMamba-S', choices=sorted(MODELS))
+    parser.add_argument('--mode', default='infer', choices=['infer', 'train'])
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--dtype', default='bf16', choices=['fp32', 'bf16'])
+    parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--rows', type=int, default=30)
+    args = parser.parse_args()
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model = Classifier(build_backbone(args.model)).to(device)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224, device=device))
+    run = torch.compile(model) if args.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(args.batch, 3, 224, 224, device=device)
+    target = torch.randint(0, 1000, (args.batch,), device=device)
+
+    def step():
+        if args.mode == 'infer':
+            with torch.no_grad(), autocast(device, args.dtype):
+                run(x)
+            return
+        with autocast(device, args.dtype):
+            loss = nn.functional.cross_entropy(run(x), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train(args.mode == 'train')
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    print(f'\n## {args.model} {args.mode} batch {args.batch} {args.dtype}'
+          f'{" compiled" if args.compile else ""}, {args.steps} steps')
+    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == '__main__':
+    main()
