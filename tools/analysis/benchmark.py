@@ -193,8 +193,7 @@ def bench_downstream(config, kind, args, device, timer):
     for dtype in args.dtypes:
         def step():
             with autocast(device, dtype):
-                losses = model.loss(x, samples)
-                loss = sum(v for k, v in losses.items() if 'loss' in k)
+                loss, _ = model.parse_losses(model.loss(x, samples))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -213,7 +212,7 @@ def bench_downstream(config, kind, args, device, timer):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--models', nargs='+', default=['Swin-T', 'ConvNeXt-T', 'DefMamba-T',
+    parser.add_argument('--models', nargs='*', default=['Swin-T', 'ConvNeXt-T', 'DefMamba-T',
                                                         'DefMamba-S', 'DefMamba-B'],
                         choices=sorted(MODELS))
     parser.add_argument('--batch', type=int, default=128)
