@@ -40,15 +40,17 @@ def metrics(output):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--iters', type=int, help='training iterations (config default: 450)')
+    parser.add_argument('--iters', type=int, help='training iterations (config default: 550)')
     args = parser.parse_args()
     sys.path.insert(0, REPO)
     from mmdefscan.datasets.synthetic import generate
     start = time.time()
     generate(os.path.join(REPO, 'data/synthetic'))
-    options = ['--cfg-options', f'train_cfg.max_iters={args.iters}',
-               f'train_cfg.val_interval={args.iters}',
-               f'default_hooks.checkpoint.interval={args.iters}'] if args.iters else []
+    # tools/test.py evaluates right after training: no validation pass inside training
+    options = ['--cfg-options', 'train_cfg.val_interval=1000000']
+    if args.iters:
+        options += [f'train_cfg.max_iters={args.iters}', f'param_scheduler.1.end={args.iters}',
+                    f'default_hooks.checkpoint.interval={args.iters}']
     run(['tools/train.py', CONFIG, '--work-dir', args.work_dir, *options])
     with open(os.path.join(REPO, args.work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()

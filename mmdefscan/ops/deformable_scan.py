@@ -54,10 +54,12 @@ class DeformablePathSort(torch.autograd.Function):
 
 
 def unsort_tokens(y_sorted, order):
-    """Put y_sorted[..., j] back at token order[:, j] (inverse of the deformable order)."""
-    inverse = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return torch.gather(y_sorted, 2, inverse[:, None, :].expand_as(y_sorted))
+    """Put y_sorted[..., j] back at token order[:, j] (inverse of the deformable order).
+
+    A scatter, not a gather through the inverse order: its backward keeps only the index,
+    where gather's would keep y_sorted (and with it the whole scan output) alive."""
+    index = order[:, None, :].expand_as(y_sorted)
+    return torch.empty_like(y_sorted).scatter_(2, index, y_sorted)
 
 
 class ConvOffset(nn.Module):

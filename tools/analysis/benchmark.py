@@ -33,11 +33,11 @@ MODELS = {
     'Swin-T': ('mmdet', dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2],
                              num_heads=[3, 6, 12, 24], window_size=7, drop_path_rate=0.2)),
     'ConvNeXt-T': ('mmpretrain', dict(type='ConvNeXt', arch='tiny', drop_path_rate=0.1)),
+    # timm's implementations (the issue's reference rows); also the stand-ins for the mm peers
+    # where mmdet / mmpretrain cannot be imported (a GPU image without mmcv's compiled ops)
+    'Swin-T/timm': ('timm', 'swin_tiny_patch4_window7_224'),
+    'ConvNeXt-T/timm': ('timm', 'convnext_tiny'),
 }
-
-
-# timm's models stand in for the mm peers where mmdet / mmpretrain cannot be imported (e.g. a GPU
-# image without mmcv's compiled ops); the table says which implementation ran.
 TIMM_PEERS = {'Swin-T': 'swin_tiny_patch4_window7_224', 'ConvNeXt-T': 'convnext_tiny'}
 
 
@@ -54,6 +54,8 @@ class TimmFeatures(nn.Module):
 
 def build_backbone(name):
     scope, cfg = MODELS[name]
+    if scope == 'timm':
+        return TimmFeatures(cfg)
     if scope != 'mmdefscan':
         try:
             __import__(f'{scope}.models')
@@ -106,7 +108,8 @@ class Timer:
 
 
 def autocast(device, dtype):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bf16')
+    low = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+    return torch.autocast(device.type, dtype=low.get(dtype, torch.bfloat16), enabled=dtype in low)
 
 
 def bench_classification(name, args, device, timer):
@@ -190,7 +193,7 @@ def bench_downstream(config, kind, args, device, timer):
             samples.append(s)
     x = torch.randn(batch, 3, h, w, device=device)
     rows = []
-    for dtype in args.dtypes:
+    for dtype in args.downstream_dtypes:
         def step():
             with autocast(device, dtype):
                 loss, _ = model.parse_losses(model.loss(x, samples))
@@ -217,7 +220,11 @@ def main():
                         choices=sorted(MODELS))
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--train-batch', type=int, default=64)
-    parser.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=['fp32', 'bf16'])
+    parser.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'],
+                        choices=['fp32', 'bf16', 'fp16'])
+    parser.add_argument('--downstream-dtypes', nargs='+', default=['fp32', 'fp16'],
+                        choices=['fp32', 'bf16', 'fp16'],
+                        help="detector / segmentor dtypes (mmcv 2.1's RoIAlign has no bf16)")
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--compile', action='store_true', help='torch.compile every model')
@@ -238,10 +245,11 @@ def main():
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'
                                       else 'cpu'), classification=rows, downstream=downstream), f,
                       indent=1)
-    peer = {r['dtype']: r for r in rows if r['model'] == 'Swin-T'}
+    reference = 'Swin-T/timm' if any(r['model'] == 'Swin-T/timm' for r in rows) else 'Swin-T'
+    peer = {r['dtype']: r for r in rows if r['model'] == reference}
     print(f'\n### 224x224, infer batch {args.batch}, train batch {args.train_batch}, {device}')
-    print('| model | dtype | params M | infer img/s | train img/s | train peak GiB |'
-          ' infer / Swin-T | train / Swin-T |')
+    print(f'| model | dtype | params M | infer img/s | train img/s | train peak GiB |'
+          f' infer / {reference} | train / {reference} |')
     print('|---|---|---|---|---|---|---|---|')
     for r in rows:
         ref = peer.get(r['dtype'])
