@@ -155,3 +155,26 @@ def test_out_indices_select_stages():
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match=r'expects \(B, 3, H, W\)'):
         tiny_model()(torch.randn(1, 4, 64, 64))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_deformable_scan_half_precision_on_a_detection_size_map(dtype):
+    """fp16 / bf16 maps larger than 65504 tokens (a 1344x800 image at stride 4): positions and
+    keys are float32, and the tokens come back in the input dtype (not promoted)."""
+    from mmdefscan.ops import DeformableScan
+    torch.manual_seed(0)
+    scan = DeformableScan(4, stage=0)
+    with torch.no_grad():
+        # no order offsets: the order is the raster order whatever the precision, so the tokens
+        # compare one to one (a tiny offset difference reorders tokens 2/L apart)
+        scan.conv_offset.conv2.weight[2] = 0
+    x = torch.randn(1, 4, 200, 336)
+    with torch.no_grad():
+        tokens_ref, order_ref = scan(x)
+        tokens, order = scan.to(dtype)(x.to(dtype))
+    assert tokens.dtype == dtype
+    assert torch.equal(order, order_ref) and torch.equal(order[0], torch.arange(200 * 336))
+    # sampled at float32 positions: within the input's rounding (a half-precision grid is off by
+    # up to half a pixel here)
+    err = (tokens.float() - tokens_ref).abs().max().item()
+    assert err < (0.02 if dtype == torch.float16 else 0.1), err

@@ -100,8 +100,10 @@ class DeformableScan(nn.Module):
     def forward(self, x):
         batch, _, height, width = x.shape
         length = height * width
-        dtype, device = x.dtype, x.device
-        point_offset, order_offset = self.conv_offset(x).split([2, 1], dim=1)
+        # positions and sort keys in float32 (float64 stays): a half-precision grid or key cannot
+        # tell neighbouring tokens apart on a detection-size map (fp16 overflows past 65504)
+        dtype, device = torch.promote_types(x.dtype, torch.float32), x.device
+        point_offset, order_offset = self.conv_offset(x).to(dtype).split([2, 1], dim=1)
 
         # sampling points (y, x), official reference grid: pixel i + 0.5 normalised by side - 1
         ref_y = _normalised_grid((0.5, height - 0.5), height, height, dtype, device)
@@ -111,7 +113,7 @@ class DeformableScan(nn.Module):
         offset = point_offset.tanh().permute(0, 2, 3, 1) * scale  # (B, H, W, 2) as (y, x)
         pos_y = ref_y[:, None] + offset[..., 0]
         pos_x = ref_x[None, :] + offset[..., 1]
-        sampled = F.grid_sample(x, torch.stack((pos_x, pos_y), -1), mode='bilinear',
+        sampled = F.grid_sample(x.to(dtype), torch.stack((pos_x, pos_y), -1), mode='bilinear',
                                 align_corners=True)
 
         # offset bias: the rpe table resized to the map, read at half the key-to-point distance
@@ -125,4 +127,5 @@ class DeformableScan(nn.Module):
 
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
             (0.5, length - 0.5), length, length, dtype, device)
-        return DeformablePathSort.apply((sampled + pos_bias).flatten(2), keys)
+        # the tokens go on in x's dtype: fp32 here would promote the whole scan input under autocast
+        return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)

@@ -66,7 +66,8 @@ def linear_scan(log_a, x, chunk=None):
         log_a, x = F.pad(log_a, (0, pad)), F.pad(x, (0, pad))
     # time-major and contiguous, (chunk, ..., n_chunks): every step is one dense slice
     a = log_a.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).exp().contiguous()
-    h = x.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).clone(memory_format=torch.contiguous_format)
+    h = x.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0)
+    h = h.clone(memory_format=torch.contiguous_format)  # never aliases x: the steps are in place
     for t in range(1, chunk):  # scan inside every chunk from a zero state
         h[t].addcmul_(a[t], h[t - 1])
     decay = a.cumprod_(0)  # decay since each chunk start

@@ -107,6 +107,15 @@ class Timer:
         return statistics.median(times)
 
 
+def timed_train_step(step, timer, args, device):
+    """(median seconds, peak GiB on CUDA else nan) of a training step."""
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timer(step, args.iters, args.warmup)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
+    return seconds, peak
+
+
 def autocast(device, dtype):
     low = {'bf16': torch.bfloat16, 'fp16': torch.float16}
     return torch.autocast(device.type, dtype=low.get(dtype, torch.bfloat16), enabled=dtype in low)
@@ -138,10 +147,7 @@ def bench_classification(name, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-        t_train = timer(train, args.iters, args.warmup)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
+        t_train, peak = timed_train_step(train, timer, args, device)
         mode = dtype + ('+compile' if args.compile else '')
         rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
                          infer_img_s=round(args.batch / t_inf, 1),
@@ -200,10 +206,7 @@ def bench_downstream(config, kind, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-        seconds = timer(step, args.iters, args.warmup)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
+        seconds, peak = timed_train_step(step, timer, args, device)
         rows.append(dict(config=config, dtype=dtype, batch=batch, shape=f'{h}x{w}',
                          s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
         print(rows[-1], flush=True)
@@ -258,7 +261,8 @@ def main():
         print(f"| {r['model']} | {r['dtype']} | {r['params_M']} | {r['infer_img_s']} | "
               f"{r['train_img_s']} | {r['train_peak_GiB']} | {ratio} |")
     if downstream:
-        print('\n| config | dtype | batch x shape | s / train iter | peak GiB |\n|---|---|---|---|---|')
+        print('\n| config | dtype | batch x shape | s / train iter | peak GiB |')
+        print('|---|---|---|---|---|')
         for r in downstream:
             print(f"| {r['config']} | {r['dtype']} | {r['batch']} x {r['shape']} | "
                   f"{r['s_per_iter']} | {r['peak_GiB']} |")
