@@ -4,6 +4,7 @@ Generates the dataset, trains with tools/train.py, tests with tools/test.py (pla
 prints bbox / segm mAP and leaves painted predictions in work_dirs/demo/vis/.
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -68,6 +69,13 @@ def main():
         print(f'| {name} | {m["bbox"][0]:.3f} | {m["bbox"][1]:.3f} | {m["segm"][0]:.3f} | '
               f'{m["segm"][1]:.3f} |')
     print(f'painted predictions: {os.path.join(args.work_dir, "vis")}')
+    summary = dict(train_minutes=round((trained - start) / 60, 2),
+                   total_minutes=round((time.time() - start) / 60, 2),
+                   **{f'{name}_{kind}_{metric}': value
+                      for name, m in (('plain', plain), ('tta', tta)) for kind in m
+                      for metric, value in zip(('mAP', 'mAP_50'), m[kind])})
+    with open(os.path.join(REPO, args.work_dir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -240,9 +240,13 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     timer = Timer(device)
     rows = [r for name in args.models for r in bench_classification(name, args, device, timer)]
-    downstream = [r for c in args.detector for r in bench_downstream(c, 'det', args, device, timer)]
-    downstream += [r for c in args.segmentor
-                   for r in bench_downstream(c, 'seg', args, device, timer)]
+    downstream = []
+    for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
+        for config in configs:
+            try:  # one broken config (a missing package, an op without a dtype) skips one row
+                downstream += bench_downstream(config, kind, args, device, timer)
+            except Exception as err:  # noqa: BLE001
+                print(f'{config}: skipped, {type(err).__name__}: {err}', flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'
