@@ -48,7 +48,9 @@ def test_single_identity_view_equals_plain_testing(demo):
     plain = dataset(cfg.test_pipeline)
     identity_view = copy.deepcopy(cfg.tta_pipeline)
     transforms = identity_view[1]['transforms']
-    transforms[0] = [transforms[0][0]]  # the test scale only
+    test_scale = tuple(cfg.test_pipeline[1]['scale'])
+    transforms[0] = [t for t in transforms[0] if tuple(t['scale']) == test_scale]
+    assert len(transforms[0]) == 1  # the test scale only
     transforms[1] = [dict(type='RandomFlip', prob=0.0)]  # no flip
     tta = dataset(identity_view)
     tta_model = DetMaskTTAModel(module=model, tta_cfg=cfg.tta_model.tta_cfg).eval()
@@ -114,8 +116,27 @@ def test_mask_vote_is_score_weighted(scores, right_half_kept):
                                            labels=torch.tensor([1]), masks=masks[i:i + 1])
         views.append(view)
     result = DetMaskTTAModel(module=_Detector()).merge_preds([views])[0].pred_instances
-    assert result.scores.tolist() == [pytest.approx(scores[0])]
+    assert result.scores.tolist() == [pytest.approx(sum(scores) / 3)]  # seen by all three views
     assert result.masks[0, :, :5].all()  # every view agrees
     # right half: vote (s1 + s2) / (s0 + s1 + s2) against the 0.5 threshold
     assert bool(result.masks[0, :, 5:].all()) is right_half_kept
     assert bool(result.masks[0, :, 5:].any()) is right_half_kept
+
+
+def test_boxes_are_voted_and_single_view_detections_down_weighted():
+    """Two views: one object both see (shifted boxes), one false positive only one view makes."""
+    from mmdet.structures import DetDataSample
+    seen_twice = [[10., 10., 30., 30.], [12., 10., 32., 30.]]
+    views = []
+    for i, score in enumerate((0.8, 0.4)):
+        view = DetDataSample(metainfo=dict(ori_shape=(50, 50), flip=False))
+        boxes = [seen_twice[i]] + ([[40., 40., 48., 48.]] if i == 0 else [])
+        view.pred_instances = InstanceData(bboxes=torch.tensor(boxes),
+                                           scores=torch.tensor([score, 0.7][:len(boxes)]),
+                                           labels=torch.zeros(len(boxes), dtype=torch.long))
+        views.append(view)
+    result = DetMaskTTAModel(module=_Detector()).merge_preds([views])[0].pred_instances
+    # score-weighted box: x = (0.8 * 10 + 0.4 * 12) / 1.2; scores averaged over the two views
+    torch.testing.assert_close(result.bboxes, torch.tensor([[32 / 3, 10., 92 / 3, 30.],
+                                                            [40., 40., 48., 48.]]))
+    torch.testing.assert_close(result.scores, torch.tensor([0.6, 0.35]))

@@ -41,14 +41,14 @@ def metrics(output):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--iters', type=int, help='training iterations (config default: 550)')
+    parser.add_argument('--iters', type=int, help='training iterations (config default: 500)')
     args = parser.parse_args()
     sys.path.insert(0, REPO)
     from mmdefscan.datasets.synthetic import generate
     start = time.time()
     generate(os.path.join(REPO, 'data/synthetic'))
     # tools/test.py evaluates right after training: no validation pass inside training
-    options = ['--cfg-options', 'train_cfg.val_interval=1000000']
+    options = ['--cfg-options', 'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None']
     if args.iters:
         options += [f'train_cfg.max_iters={args.iters}', f'param_scheduler.1.end={args.iters}',
                     f'default_hooks.checkpoint.interval={args.iters}']
@@ -65,7 +65,7 @@ def main():
           f'trained in {(trained - start) / 60:.1f} min, total {(time.time() - start) / 60:.1f} min')
     print('| test | bbox mAP | bbox mAP@50 | segm mAP | segm mAP@50 |')
     print('|---|---|---|---|---|')
-    for name, m in (('plain', plain), ('--tta (2 scales x flip)', tta)):
+    for name, m in (('plain', plain), ('--tta (3 scales x flip)', tta)):
         print(f'| {name} | {m["bbox"][0]:.3f} | {m["bbox"][1]:.3f} | {m["segm"][0]:.3f} | '
               f'{m["segm"][1]:.3f} |')
     print(f'painted predictions: {os.path.join(args.work_dir, "vis")}')

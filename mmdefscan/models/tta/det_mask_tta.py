@@ -2,10 +2,12 @@
 
 mmdet 3.3's ``DetTTAModel`` asserts "TTA of instance segmentation does not support now". This
 model merges every view of an image: boxes and masks are mapped back to the original image
-(un-flipped; the detector already rescales them), then class-wise NMS keeps the best boxes and
-each kept box gets the score-weighted vote of the masks of its cluster (the same-class boxes it
-suppressed, IoU > the NMS threshold), thresholded at ``mask_thr``. With one identity view the
-result equals plain testing.
+(un-flipped; the detector already rescales them), then class-wise NMS keeps the best boxes. The
+cluster of a kept box is the same-class boxes it suppressed (IoU > the NMS threshold): its box is
+the score-weighted vote of the cluster's boxes, its mask the score-weighted vote of their masks
+thresholded at ``mask_thr``, and its score the mean over the views of each view's best member
+(a detection that only one view makes is down-weighted). With one identity view the result
+equals plain testing.
 """
 import torch
 from mmengine.model import BaseTTAModel
@@ -55,34 +57,44 @@ class DetMaskTTAModel(BaseTTAModel):
         return [self._merge_views(views) for views in data_samples_list]
 
     def _merge_views(self, views):
-        boxes, scores, labels, masks = [], [], [], []
-        for view in views:
+        boxes, scores, labels, masks, view_ids = [], [], [], [], []
+        for index, view in enumerate(views):
             pred = view.pred_instances
             view_boxes, view_masks = _unflip(pred.bboxes, pred.get('masks'), view.metainfo)
             boxes.append(view_boxes)
             scores.append(pred.scores)
             labels.append(pred.labels)
             masks.append(view_masks)
+            view_ids.append(torch.full_like(pred.labels, index))
         merged = views[0]
         boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-        with_masks = masks[0] is not None
+        view_ids = torch.cat(view_ids)
         if boxes.numel() == 0:
             return merged
         from mmcv.ops import batched_nms  # compiled op: imported on use
         _, keep = batched_nms(boxes, scores, labels, self.tta_cfg['nms'])
         keep = keep[:self.tta_cfg['max_per_img']]
-        result = InstanceData(bboxes=boxes[keep], scores=scores[keep], labels=labels[keep])
-        if with_masks:
-            masks = torch.cat(masks)
-            iou = _box_iou(boxes[keep], boxes)
-            cluster = (iou > self.tta_cfg['nms']['iou_threshold']) & \
-                (labels[keep][:, None] == labels[None])
-            cluster[torch.arange(len(keep)), keep] = True
+        # the cluster of a kept box: the same-class boxes it suppressed (IoU > the NMS threshold)
+        cluster = (_box_iou(boxes[keep], boxes) > self.tta_cfg['nms']['iou_threshold']) & \
+            (labels[keep][:, None] == labels[None])
+        cluster[torch.arange(len(keep)), keep] = True
+        weights = cluster * scores[None]  # (kept, all)
+        # box: score-weighted vote of its cluster; score: each view's best member, averaged over
+        # the views (a box that only one view sees is down-weighted)
+        result_boxes = weights @ boxes / weights.sum(1, keepdim=True)
+        per_view = torch.zeros(len(keep), len(views), dtype=scores.dtype, device=scores.device)
+        per_view.scatter_reduce_(1, view_ids[None].expand_as(weights), weights, 'amax')
+        result_scores = per_view.mean(1)
+        order = torch.argsort(result_scores, descending=True, stable=True)
+        result = InstanceData(bboxes=result_boxes[order], scores=result_scores[order],
+                              labels=labels[keep][order])
+        if masks[0] is not None:
+            masks = torch.cat(masks)  # boolean, full image size: vote cluster by cluster
             votes = []
-            for members in cluster:
+            for members in cluster[order]:
                 weight = scores[members]
                 vote = (masks[members].float() * weight[:, None, None]).sum(0) / weight.sum()
                 votes.append(vote >= self.tta_cfg['mask_thr'])
-            result.masks = torch.stack(votes) if votes else masks[:0]
+            result.masks = torch.stack(votes)
         merged.pred_instances = result
         return merged
