@@ -47,8 +47,7 @@ class DeformablePathSort(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_sorted, _grad_order):
         order, = ctx.saved_tensors
-        grad_x = torch.zeros_like(grad_sorted).scatter_(
-            2, order[:, None, :].expand_as(grad_sorted), grad_sorted)
+        grad_x = unsort_tokens(grad_sorted, order)  # the gather's gradient
         grad_keys = (grad_sorted - grad_x).mean(1)
         return grad_x, grad_keys
 

@@ -116,8 +116,7 @@ class _ScanTorch(torch.autograd.Function):
         dtu = dt * u
         x = (dtu.view(batch, groups, -1, 1, length) * B[:, :, None]).view_as(h)
         dlog_a = lam * (h - x)  # lam_t * a_t * h_{t-1}
-        lam_b = (lam.view(grouped) * B[:, :, None]).sum(3).view_as(u)  # sum_n lam B
-        d_dtu = lam_b
+        d_dtu = (lam.view(grouped) * B[:, :, None]).sum(3).view_as(u)  # sum_n lam B
         du = d_dtu * dt if ctx.needs_input_grad[0] else None
         ddt = d_dtu * u + (dlog_a * A[None, :, :, None]).sum(2)
         dA = (dlog_a * dt[:, :, None]).sum((0, 3)) if ctx.needs_input_grad[2] else None
@@ -238,8 +237,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     # copies); A, D and delta_bias are parameters and go in as fp32.
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     batch, dim, length = u.shape
-    Bk, Ck = (M[None, :, :, None].expand(batch, dim, M.shape[1], length) if M.dim() == 2
-              else (M.unsqueeze(1) if M.dim() == 3 else M) for M in (B, C))
+    Bk, Ck = (_grouped(M, batch, dim, length) for M in (B, C))
     cast = lambda t: None if t is None else t.to(io).contiguous()  # noqa: E731
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     out, x, out_z = _scan_fwd(cast(u), cast(delta), fp32(A), cast(Bk), cast(Ck), fp32(D), cast(z),

@@ -38,7 +38,7 @@ MODELS = {
     'Swin-T/timm': ('timm', 'swin_tiny_patch4_window7_224'),
     'ConvNeXt-T/timm': ('timm', 'convnext_tiny'),
 }
-TIMM_PEERS = {'Swin-T': 'swin_tiny_patch4_window7_224', 'ConvNeXt-T': 'convnext_tiny'}
+TIMM_PEERS = {name: MODELS[f'{name}/timm'][1] for name in ('Swin-T', 'ConvNeXt-T')}
 
 
 class TimmFeatures(nn.Module):
