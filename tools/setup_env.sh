@@ -36,6 +36,8 @@ if ! "$PY" -c "import mmcv, mmcv.ops" 2>/dev/null; then
 fi
 pip install -q "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" \
   ftfy regex importlib_metadata pytest
+# Triton: optional for users (CUDA kernels); the tests run its kernels in the CPU interpreter
+pip install -q "triton>=3.0"
 pip install -q --no-deps -e .
 "$PY" -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, mmdefscan; print('[setup] ok: torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__, '| mmpretrain', mmpretrain.__version__)"
 echo "$want" > "$STAMP"

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from .layer_norm import LayerNorm
 
 
 def _normalised_grid(start_end, count, divisor_count, dtype, device):
@@ -70,13 +71,14 @@ class ConvOffset(nn.Module):
         self.conv1 = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
         self.ca = nn.Sequential(nn.Linear(dim, dim // 16), nn.GELU(), nn.Linear(dim // 16, dim),
                                 nn.Sigmoid())
-        self.ln = nn.LayerNorm(dim)
+        self.ln = LayerNorm(dim, autocast_output=True)  # feeds conv2 only
         self.conv2 = nn.Conv2d(dim, 3, 1, bias=False)
 
     def forward(self, x):
-        attention = self.ca(x.mean((2, 3)))[:, :, None, None]
-        x1 = (self.conv1(x) * attention).permute(0, 2, 3, 1)
-        return self.conv2(F.gelu(self.ln(x1)).permute(0, 3, 1, 2))
+        attention = self.ca(x.mean((2, 3)))
+        # GELU(LN(conv1(x) * attention)) in one pass on CUDA; the permutes are views
+        x1 = self.ln(self.conv1(x).permute(0, 2, 3, 1), scale=attention, gelu=True)
+        return self.conv2(x1.permute(0, 3, 1, 2))
 
 
 @MODELS.register_module()

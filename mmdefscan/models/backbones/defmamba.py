@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from ...ops import DeformableScan, selective_scan_fn, unsort_tokens
+from ...ops import DeformableScan, LayerNorm, merge_scans_gate, selective_scan_fn
 from ...registry import register_backbone
 from ..layers import DropPath, Mlp, Permute, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
@@ -76,8 +76,9 @@ class DeformableSSM(nn.Module):
                           .expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def scan(self, x):
-        """x (B, D, H, W) contiguous -> y (B, H, W, D): the three scans averaged in token order."""
+    def scan(self, x, z):
+        """x (B, D, H, W) contiguous, gate z (B, H, W, D) -> (B, H, W, D): the three scans
+        averaged in token order, times SiLU(z)."""
         batch, d_inner, height, width = x.shape
         length = height * width
         sorted_tokens, order = self.DS(x)
@@ -90,17 +91,14 @@ class DeformableSSM(nn.Module):
         ys = selective_scan_fn(
             xs.view(batch, -1, length), dts.view(batch, -1, length), -self.A_logs.exp(),
             Bs, Cs, self.Ds, delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True)
-        # unbind (not three indexings): its backward is one stack, not three zero-filled copies
-        y_raster, y_reversed, y_sorted = ys.view(batch, self.directions, d_inner, length).unbind(1)
-        y = (y_raster + y_reversed.flip(-1) + unsort_tokens(y_sorted, order)) / 3.0
-        return y.transpose(1, 2).reshape(batch, height, width, d_inner).to(x.dtype)
+        return merge_scans_gate(ys.view(batch, self.directions, d_inner, length), order, z)
 
     def forward(self, x):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         # channel-first and contiguous from here: the depthwise convs get a fast layout (cuDNN's
         # channels-last grouped kernel is slow for the 9x9 offset conv) and raster is a view
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        return self.out_proj(self.scan(x) * F.silu(z))
+        return self.out_proj(self.scan(x, z))
 
 
 class DefMambaBlock(nn.Module):
@@ -108,10 +106,11 @@ class DefMambaBlock(nn.Module):
 
     def __init__(self, dim, stage, drop_path=0.0, mlp_ratio=4.0, **ssm_kwargs):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        # the norms feed Linear layers: under autocast they may return the autocast dtype
+        self.norm = LayerNorm(dim, autocast_output=True)
         self.op = DeformableSSM(dim, stage, **ssm_kwargs)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, autocast_output=True)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x):
@@ -161,8 +160,8 @@ class DefMamba(ChannelsLastBackbone):
 
         self.patch_embed = nn.Sequential(
             nn.Conv2d(self.in_channels, dims[0] // 2, 3, 2, 1), Permute(0, 2, 3, 1),
-            nn.LayerNorm(dims[0] // 2), Permute(0, 3, 1, 2), nn.GELU(),
-            nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1), Permute(0, 2, 3, 1), nn.LayerNorm(dims[0]))
+            LayerNorm(dims[0] // 2), Permute(0, 3, 1, 2), nn.GELU(),
+            nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1), Permute(0, 2, 3, 1), LayerNorm(dims[0]))
         ssm_kwargs = dict(d_state=cfg['ssm_d_state'], ssm_ratio=cfg['ssm_ratio'],
                           dt_rank=cfg['ssm_dt_rank'], mlp_ratio=cfg['mlp_ratio'])
         rates = stochastic_depth_rates(cfg['drop_path_rate'], depths)
@@ -170,12 +169,12 @@ class DefMamba(ChannelsLastBackbone):
         for i, depth in enumerate(depths):
             downsample = nn.Sequential(
                 Permute(0, 3, 1, 2), nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1),
-                Permute(0, 2, 3, 1), nn.LayerNorm(dims[i + 1])) if i < len(depths) - 1 \
+                Permute(0, 2, 3, 1), LayerNorm(dims[i + 1])) if i < len(depths) - 1 \
                 else nn.Identity()
             blocks = [DefMambaBlock(dims[i], i, rates[i][j], **ssm_kwargs) for j in range(depth)]
             self.layers.append(DefMambaStage(blocks, downsample))
         for i in self.out_indices:
-            self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
+            self.add_module(f'outnorm{i}', LayerNorm(dims[i]))
         self.apply(self._init_module)
 
     @staticmethod

@@ -1,0 +1,61 @@
+"""DefMamba's merge of its three scan directions and the output gate.
+
+``merge_scans_gate(ys, order, z)``: ys (B, 3, D, L) the raster, reversed and deformable-order
+scan outputs, order (B, L) the deformable order (token ``order[b, j]`` was scanned j-th), z
+(B, H, W, D) the gate branch -> (B, H, W, D) = mean of the three in token order * SiLU(z).
+On CUDA one Triton kernel each way (``kernels/scan_merge_triton.py``), else ``merge_scans_gate_ref``.
+"""
+import torch
+import torch.nn.functional as F
+
+from ._triton import use_triton
+from .deformable_scan import unsort_tokens
+
+
+def merge_scans_gate_ref(ys, order, z):
+    batch, height, width, dim = z.shape
+    y_raster, y_reversed, y_sorted = ys.unbind(1)
+    y = (y_raster + y_reversed.flip(-1) + unsort_tokens(y_sorted, order)) / 3.0
+    return y.transpose(1, 2).reshape(batch, height, width, dim).to(z.dtype) * F.silu(z)
+
+
+def inverse_order(order):
+    """inv[b, order[b, j]] = j: the sorted position of every token (int32)."""
+    positions = torch.arange(order.shape[1], device=order.device, dtype=torch.int32)
+    return torch.empty_like(order, dtype=torch.int32).scatter_(
+        1, order, positions.expand_as(order))
+
+
+class _MergeScansGate(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, ys, inv, z, needs_grad):
+        from .kernels.scan_merge_triton import merge_fwd
+        # y (for dz) is written only when a backward can follow (needs_input_grad is True
+        # under no_grad too, so the caller decides)
+        out, y = merge_fwd(ys, inv, z.flatten(1, 2), save_y=needs_grad)
+        ctx.save_for_backward(y, inv, z)
+        ctx.ys_dtype = ys.dtype
+        return out.view(z.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .kernels.scan_merge_triton import merge_bwd
+        y, inv, z = ctx.saved_tensors
+        dys, dz = merge_bwd(grad.flatten(1, 2), y, inv, z.flatten(1, 2), ctx.ys_dtype)
+        return dys, None, dz.view(z.shape), None
+
+
+def merge_scans_gate_triton(ys, order, z):
+    """The Triton path (any device Triton can run on, including its CPU interpreter)."""
+    if ys.shape[1] != 3 or ys.shape[2] != z.shape[-1] or ys.shape[3] != z.shape[1] * z.shape[2]:
+        raise ValueError(f'merge_scans_gate: ys {tuple(ys.shape)} does not match z '
+                         f'{tuple(z.shape)} (want (B, 3, D, H*W))')
+    needs_grad = torch.is_grad_enabled() and (ys.requires_grad or z.requires_grad)
+    return _MergeScansGate.apply(ys.contiguous(), inverse_order(order), z, needs_grad)
+
+
+def merge_scans_gate(ys, order, z):
+    if use_triton(ys):
+        return merge_scans_gate_triton(ys, order, z)
+    return merge_scans_gate_ref(ys, order, z)

@@ -1,0 +1,119 @@
+"""The Triton kernels equal their PyTorch references, forward and backward. Without a GPU they
+run in Triton's interpreter (conftest sets TRITON_INTERPRET=1); on the device on CUDA."""
+import pytest
+import torch
+
+from _refs import load_ref, max_rel_err, reference_files, run_case
+from mmdefscan.models.backbones import DefMamba
+from mmdefscan.ops import LayerNorm, layer_norm_ref, merge_scans_gate_ref
+from mmdefscan.ops import layer_norm as layer_norm_module
+from mmdefscan.ops import scan_merge as scan_merge_module
+from mmdefscan.ops.layer_norm import layer_norm_triton
+from mmdefscan.ops.scan_merge import merge_scans_gate_triton
+
+pytest.importorskip('triton')  # installed by tools/setup_env.sh; CI runs these tests
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+@pytest.fixture
+def triton_everywhere(monkeypatch):
+    """Route the model's LayerNorms and scan merges through the kernels, CPU tensors included."""
+    monkeypatch.setattr(layer_norm_module, 'use_triton', lambda x: True)
+    monkeypatch.setattr(scan_merge_module, 'use_triton', lambda x: True)
+
+
+def grads(out, inputs, weight):
+    return torch.autograd.grad(out, inputs, weight)
+
+
+LAYOUTS = {
+    'channels-last': lambda: torch.randn(2, 5, 7, 96),
+    'permuted-channel-first': lambda: torch.randn(2, 96, 5, 7).permute(0, 2, 3, 1),
+    'rows': lambda: torch.randn(9, 40),
+    'gate-half-of-a-projection': lambda: torch.randn(2, 5, 7, 48)[..., 24:],
+    'unmergeable-token-dims': lambda: torch.randn(2, 7, 5, 24).transpose(1, 2),
+}
+
+
+@pytest.mark.parametrize('layout', list(LAYOUTS))
+@pytest.mark.parametrize('fused', ['plain', 'scale+gelu'])
+def test_layer_norm_kernel_matches_torch(layout, fused):
+    x = LAYOUTS[layout]().double().to(DEVICE)
+    channels = x.shape[-1]
+    weight = torch.randn(channels, dtype=torch.float64, device=DEVICE)
+    bias = torch.randn_like(weight)
+    scale = (torch.rand(x.shape[0], channels, dtype=torch.float64, device=DEVICE)
+             if fused != 'plain' and x.dim() > 2 else None)
+    gelu = fused != 'plain'
+    inputs = [t.clone().requires_grad_() for t in (x, weight, bias)] + \
+        ([scale.clone().requires_grad_()] if scale is not None else [])
+    out = layer_norm_triton(inputs[0], *inputs[1:3], 1e-5, *inputs[3:], gelu=gelu)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    ref = layer_norm_ref(ref_inputs[0], *ref_inputs[1:3], 1e-5, *ref_inputs[3:], gelu=gelu)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    if layout in ('channels-last', 'permuted-channel-first', 'rows'):
+        assert out.stride() == x.stride()  # the input's memory layout is kept (no copies)
+    assert max_rel_err(out, ref) < 1e-5  # the kernel computes in fp32
+    w = torch.randn_like(ref)
+    for name, a, b in zip(['x', 'weight', 'bias', 'scale'], grads(out, inputs, w),
+                          grads(ref, ref_inputs, w)):
+        assert max_rel_err(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize('autocast_output, expected', [(True, torch.bfloat16),
+                                                        (False, torch.float32)])
+def test_layer_norm_module_output_dtype_under_autocast(triton_everywhere, autocast_output,
+                                                       expected):
+    """Like torch's autocast policy (fp32 out) unless the norm only feeds a Linear."""
+    norm = LayerNorm(32, autocast_output=autocast_output).to(DEVICE)
+    x = torch.randn(2, 6, 6, 32, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == expected
+    ref = torch.nn.functional.layer_norm(x, (32,), norm.weight, norm.bias)
+    torch.testing.assert_close(out, ref.to(expected))  # within one rounding of the dtype
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('size', [(5, 7), (1, 1), (9, 16)])
+def test_scan_merge_kernel_matches_torch(dtype, size):
+    batch, dim, length = 3, 40, size[0] * size[1]
+    ys = torch.randn(batch, 3, dim, length, dtype=dtype, device=DEVICE, requires_grad=True)
+    projection = torch.randn(batch, *size, 2 * dim, dtype=dtype, device=DEVICE,
+                             requires_grad=True)
+    z = projection[..., dim:]  # the gate is the second half of in_proj's output, as in DefMamba
+    order = torch.stack([torch.randperm(length) for _ in range(batch)]).to(DEVICE)
+    out = merge_scans_gate_triton(ys, order, z)
+    ref = merge_scans_gate_ref(ys, order, z)
+    assert out.shape == ref.shape == (batch, *size, dim)
+    assert max_rel_err(out, ref) < 1e-6
+    w = torch.randn_like(ref)
+    for a, b in zip(grads(out, [ys, projection], w), grads(ref, [ys, projection], w)):
+        assert max_rel_err(a, b) < 1e-6
+    with torch.no_grad():  # inference skips the saved copy of the merged scans, same output
+        torch.testing.assert_close(merge_scans_gate_triton(ys, order, z), out.detach())
+
+
+def test_scan_merge_rejects_mismatched_shapes():
+    ys = torch.randn(2, 3, 8, 12)
+    with pytest.raises(ValueError, match='does not match z'):
+        merge_scans_gate_triton(ys, torch.arange(12).expand(2, -1), torch.randn(2, 3, 5, 8))
+
+
+@pytest.mark.parametrize('path', reference_files('defmamba')[:1])
+def test_defmamba_with_the_kernels_matches_official(triton_everywhere, path):
+    """The whole backbone with every LayerNorm and scan merge on the kernels, fp32, against the
+    official outputs and input gradients (the tolerances of test_defmamba.py)."""
+    ref = load_ref(path)
+    model = DefMamba(out_indices=ref['out_indices'], **ref['config_kwargs']).to(DEVICE)
+    ref = {k: v.to(DEVICE) if torch.is_tensor(v) else
+           [t.to(DEVICE) for t in v] if isinstance(v, (list, tuple)) and v and
+           torch.is_tensor(v[0]) else v for k, v in ref.items()}
+    tol_out = max(1e-4, 10 * ref['official_fp32_rel_err']['out'])
+    tol_grad = max(1e-3, 10 * ref['official_fp32_rel_err']['grad'])
+    for name in ref['inputs']:
+        out_eval, out_train, grad = run_case(model, ref, name, torch.float32)
+        assert max(max_rel_err(o, r) for o, r in zip(out_eval, ref[f'out_eval_{name}'])) <= tol_out
+        assert max(max_rel_err(o, r) for o, r in zip(out_train, ref[f'out_train_{name}'])) \
+            <= tol_out
+        assert max_rel_err(grad, ref[f'grad_input_{name}']) <= tol_grad
