@@ -1,0 +1,84 @@
+"""Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes.
+
+    python tools/analysis/bench_kernels.py [--arch small] [--batch 128] [--dtype bf16]
+
+Per stage of the variant at 224x224: forward and forward+backward milliseconds of each op, PyTorch
+vs Triton, CUDA events, median of 20 after warm-up; a markdown table at the end.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
+from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
+from mmdefscan.ops import layer_norm_ref, merge_scans_gate_ref  # noqa: E402
+from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
+from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
+
+
+def timed(fn, backward, dtype, iters=20, warmup=5):
+    """Median ms of fn (+ backward), under autocast to dtype as in the model (PyTorch then runs
+    LayerNorm in fp32 and returns fp32)."""
+    events = []
+    for i in range(warmup + iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            out = fn()
+        if backward:
+            out.backward(torch.ones_like(out))
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in events[warmup:])[iters // 2]
+
+
+def cases(dim, size, batch, dtype):
+    dev = 'cuda'
+    tokens = size * size
+    # the residual stream is fp32 under autocast (the block norms' input)
+    x = torch.randn(batch, size, size, dim, device=dev, requires_grad=True)
+    w = torch.randn(dim, device=dev, requires_grad=True)
+    b = torch.randn(dim, device=dev, requires_grad=True)
+    cf = torch.randn(batch, dim, size, size, device=dev, dtype=dtype, requires_grad=True)
+    scale = torch.rand(batch, dim, device=dev, dtype=dtype, requires_grad=True)
+    ys = torch.randn(batch, 3, dim, tokens, device=dev, dtype=dtype, requires_grad=True)
+    proj = torch.randn(batch, size, size, 2 * dim, device=dev, dtype=dtype, requires_grad=True)
+    order = torch.rand(batch, tokens, device=dev).argsort(-1)
+    cl = cf.permute(0, 2, 3, 1)
+    return {
+        'LayerNorm (B,H,W,C)': (lambda: layer_norm_ref(x, w, b, 1e-5),
+                                lambda: layer_norm_triton(x, w, b, 1e-5, out_dtype=dtype)),
+        'offset net LN*scale+GELU': (lambda: layer_norm_ref(cl, w, b, 1e-5, scale, True),
+                                     lambda: layer_norm_triton(cl, w, b, 1e-5, scale, True)),
+        'scan merge + gate': (lambda: merge_scans_gate_ref(ys, order, proj[..., dim:]),
+                              lambda: merge_scans_gate_triton(ys, order, proj[..., dim:])),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--arch', default='small', choices=sorted(ARCH_SETTINGS))
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
+    args = parser.parse_args()
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[args.dtype]
+    dims = ARCH_SETTINGS[args.arch]['dims']
+    rows = []
+    for stage in range(4):
+        dim, size = dims * 2 ** stage, 56 // 2 ** stage
+        for name, (ref, fused) in cases(dim, size, args.batch, dtype).items():
+            times = [timed(fn, bw, dtype) for bw in (False, True) for fn in (ref, fused)]
+            rows.append((stage, name, *times))
+            print(rows[-1], flush=True)
+    print(f'\n### {args.arch}, batch {args.batch}, {args.dtype}: ms (PyTorch / Triton)\n')
+    print('| stage | op | fwd torch | fwd triton | fwd+bwd torch | fwd+bwd triton |')
+    print('|---|---|---|---|---|---|')
+    for stage, name, *t in rows:
+        print(f'| {stage} | {name} | ' + ' | '.join(f'{v:.3f}' for v in t) + ' |')
+
+
+if __name__ == '__main__':
+    main()
