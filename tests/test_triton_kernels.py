@@ -5,7 +5,8 @@ import torch
 
 from _refs import load_ref, max_rel_err, reference_files, run_case
 from mmdefscan.models.backbones import DefMamba
-from mmdefscan.ops import LayerNorm, layer_norm_ref, merge_scans_gate_ref
+from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
+from mmdefscan.ops import deformable_scan as deformable_scan_module
 from mmdefscan.ops import layer_norm as layer_norm_module
 from mmdefscan.ops import scan_merge as scan_merge_module
 from mmdefscan.ops.layer_norm import layer_norm_triton
@@ -17,9 +18,10 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Route the model's LayerNorms and scan merges through the kernels, CPU tensors included."""
-    monkeypatch.setattr(layer_norm_module, 'use_triton', lambda x: True)
-    monkeypatch.setattr(scan_merge_module, 'use_triton', lambda x: True)
+    """Route the model's LayerNorms, scan merges and deformable sampling through the kernels,
+    CPU tensors included."""
+    for module in (layer_norm_module, scan_merge_module, deformable_scan_module):
+        monkeypatch.setattr(module, 'use_triton', lambda x: True)
 
 
 def grads(out, inputs, weight):
@@ -100,9 +102,39 @@ def test_scan_merge_rejects_mismatched_shapes():
         merge_scans_gate_triton(ys, torch.arange(12).expand(2, -1), torch.randn(2, 3, 5, 8))
 
 
+@pytest.mark.parametrize('size', [(6, 7), (1, 5), (9, 9)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
+    """Sampled + offset-biased tokens in key order, and the gradients of the map and of every
+    parameter of the offset network and the rpe table (grid_sample's and the sort's backward).
+    Large offsets put points off the map (zero padding)."""
+    torch.manual_seed(0)
+    scan = DeformableScan(24, stage=1).to(DEVICE)
+    with torch.no_grad():
+        scan.conv_offset.conv2.weight.mul_(30)
+    x = torch.randn(2, 24, *size, device=DEVICE).to(dtype).requires_grad_()
+    results = []
+    for triton_path in (False, True):
+        monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda t: triton_path)
+        scan.zero_grad()
+        with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
+            tokens, order = scan(x)
+        weight = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(1)).to(tokens)
+        dx, = torch.autograd.grad((tokens.float() * weight.float()).sum(), x, retain_graph=True)
+        (tokens.float() * weight.float()).sum().backward()
+        results.append((tokens, order, dx, {n: p.grad for n, p in scan.named_parameters()}))
+    (ref_tokens, ref_order, ref_dx, ref_grads), (tokens, order, dx, grads) = results
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert tokens.dtype == dtype and torch.equal(order, ref_order)
+    assert max_rel_err(tokens, ref_tokens) < tol and max_rel_err(dx, ref_dx) < tol
+    for name, grad in grads.items():
+        assert max_rel_err(grad, ref_grads[name]) < max(tol, 1e-4), name
+
+
 @pytest.mark.parametrize('path', reference_files('defmamba')[:1])
 def test_defmamba_with_the_kernels_matches_official(triton_everywhere, path):
-    """The whole backbone with every LayerNorm and scan merge on the kernels, fp32, against the
+    """The whole backbone with every LayerNorm, scan merge and deformable sampling on the kernels,
+    fp32, against the
     official outputs and input gradients (the tolerances of test_defmamba.py)."""
     ref = load_ref(path)
     model = DefMamba(out_indices=ref['out_indices'], **ref['config_kwargs']).to(DEVICE)

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from ._triton import use_triton
 from .layer_norm import LayerNorm
 
 
@@ -60,6 +61,13 @@ def unsort_tokens(y_sorted, order):
     where gather's would keep y_sorted (and with it the whole scan output) alive."""
     index = order[:, None, :].expand_as(y_sorted)
     return torch.empty_like(y_sorted).scatter_(2, index, y_sorted)
+
+
+def inverse_order(order):
+    """inv[b, order[b, j]] = j: the sorted position of every token (int32)."""
+    positions = torch.arange(order.shape[1], device=order.device, dtype=torch.int32)
+    return torch.empty_like(order, dtype=torch.int32).scatter_(
+        1, order, positions.expand_as(order))
 
 
 class ConvOffset(nn.Module):
@@ -114,19 +122,50 @@ class DeformableScan(nn.Module):
         offset = point_offset.tanh().permute(0, 2, 3, 1) * scale  # (B, H, W, 2) as (y, x)
         pos_y = ref_y[:, None] + offset[..., 0]
         pos_x = ref_x[None, :] + offset[..., 1]
-        sampled = F.grid_sample(x.to(dtype), torch.stack((pos_x, pos_y), -1), mode='bilinear',
-                                align_corners=True)
-
         # offset bias: the rpe table resized to the map, read at half the key-to-point distance
         table = F.interpolate(self.rpe_table[None].to(dtype), size=(height, width),
                               mode='bilinear', align_corners=False)
         key_y = _normalised_grid((0, height), height, height, dtype, device)
         key_x = _normalised_grid((0, width), width, width, dtype, device)
+        keys = order_offset.tanh().flatten(1) + _normalised_grid(
+            (0.5, length - 0.5), length, length, dtype, device)
+        if use_triton(x) and dtype == torch.float32:  # float64 takes the exact PyTorch path
+            return sample_and_sort_triton(x, table[0], torch.stack((pos_x, pos_y), -1), keys,
+                                          key_x, key_y)
+
+        sampled = F.grid_sample(x.to(dtype), torch.stack((pos_x, pos_y), -1), mode='bilinear',
+                                align_corners=True)
         disp = torch.stack(((key_x[None, :] - pos_x) * 0.5, (key_y[:, None] - pos_y) * 0.5), -1)
         pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1), disp, mode='bilinear',
                                  align_corners=True)
-
-        keys = order_offset.tanh().flatten(1) + _normalised_grid(
-            (0.5, length - 0.5), length, length, dtype, device)
         # the tokens go on in x's dtype: fp32 here would promote the whole scan input under autocast
         return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)
+
+
+class _SampleAndSort(torch.autograd.Function):
+    """Triton path of the deformable tokens: sample, add the offset bias and sort in one kernel
+    (``kernels/deform_sample_triton.py``); backward as grid_sample's and
+    :class:`DeformablePathSort`'s."""
+
+    @staticmethod
+    def forward(ctx, x, table, pos, keys, key_x, key_y):
+        from .kernels.deform_sample_triton import sample_sort_fwd
+        order = torch.argsort(keys, dim=-1, stable=True)
+        ctx.save_for_backward(x, table, pos, order, key_x, key_y)
+        ctx.mark_non_differentiable(order)
+        return sample_sort_fwd(x, table, pos, order, key_x, key_y), order
+
+    @staticmethod
+    def backward(ctx, grad, _grad_order):
+        from .kernels.deform_sample_triton import sample_sort_bwd
+        x, table, pos, order, key_x, key_y = ctx.saved_tensors
+        dx, dtable, dpos, dkeys = sample_sort_bwd(grad, x, table, pos, inverse_order(order),
+                                                  key_x, key_y)
+        return dx, dtable, dpos, dkeys, None, None
+
+
+def sample_and_sort_triton(x, table, pos, keys, key_x, key_y):
+    """x (B, D, H, W), table (D, H, W), pos (B, H, W, 2) as (x, y), keys (B, H*W), key_x (W,),
+    key_y (H,), all but x float32 -> (tokens (B, D, H*W) in x's dtype and key order, order)."""
+    return _SampleAndSort.apply(x.contiguous(), table.contiguous(), pos.contiguous(), keys,
+                                key_x, key_y)

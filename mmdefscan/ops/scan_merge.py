@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ._triton import use_triton
-from .deformable_scan import unsort_tokens
+from .deformable_scan import inverse_order, unsort_tokens
 
 
 def merge_scans_gate_ref(ys, order, z):
@@ -17,13 +17,6 @@ def merge_scans_gate_ref(ys, order, z):
     y_raster, y_reversed, y_sorted = ys.unbind(1)
     y = (y_raster + y_reversed.flip(-1) + unsort_tokens(y_sorted, order)) / 3.0
     return y.transpose(1, 2).reshape(batch, height, width, dim).to(z.dtype) * F.silu(z)
-
-
-def inverse_order(order):
-    """inv[b, order[b, j]] = j: the sorted position of every token (int32)."""
-    positions = torch.arange(order.shape[1], device=order.device, dtype=torch.int32)
-    return torch.empty_like(order, dtype=torch.int32).scatter_(
-        1, order, positions.expand_as(order))
 
 
 class _MergeScansGate(torch.autograd.Function):

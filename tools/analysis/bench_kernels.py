@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
-from mmdefscan.ops import layer_norm_ref, merge_scans_gate_ref  # noqa: E402
+from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
 
@@ -28,14 +28,26 @@ def timed(fn, backward, dtype, iters=20, warmup=5):
         with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
             out = fn()
         if backward:
-            out.backward(torch.ones_like(out))
+            out.backward(torch.ones_like(out))  # a scalar (the deformable case sums) or a map
         end.record()
         events.append((start, end))
     torch.cuda.synchronize()
     return sorted(s.elapsed_time(e) for s, e in events[warmup:])[iters // 2]
 
 
-def cases(dim, size, batch, dtype):
+def with_triton(flag, fn):
+    """Run fn with the Triton kernels on or off (the switch is read at every call)."""
+    def run():
+        os.environ['MMDEFSCAN_TRITON'] = flag
+        try:
+            out = fn()
+        finally:
+            os.environ.pop('MMDEFSCAN_TRITON')
+        return out[0].float().sum() if isinstance(out, tuple) else out
+    return run
+
+
+def cases(dim, size, batch, dtype, stage):
     dev = 'cuda'
     tokens = size * size
     # the residual stream is fp32 under autocast (the block norms' input)
@@ -48,7 +60,10 @@ def cases(dim, size, batch, dtype):
     proj = torch.randn(batch, size, size, 2 * dim, device=dev, dtype=dtype, requires_grad=True)
     order = torch.rand(batch, tokens, device=dev).argsort(-1)
     cl = cf.permute(0, 2, 3, 1)
+    scan = DeformableScan(dim, stage).to(dev)
     return {
+        'deformable sample + bias + sort': (with_triton('0', lambda: scan(cf)),
+                                            with_triton('1', lambda: scan(cf))),
         'LayerNorm (B,H,W,C)': (lambda: layer_norm_ref(x, w, b, 1e-5),
                                 lambda: layer_norm_triton(x, w, b, 1e-5, out_dtype=dtype)),
         'offset net LN*scale+GELU': (lambda: layer_norm_ref(cl, w, b, 1e-5, scale, True),
@@ -69,7 +84,7 @@ def main():
     rows = []
     for stage in range(4):
         dim, size = dims * 2 ** stage, 56 // 2 ** stage
-        for name, (ref, fused) in cases(dim, size, args.batch, dtype).items():
+        for name, (ref, fused) in cases(dim, size, args.batch, dtype, stage).items():
             times = [timed(fn, bw, dtype) for bw in (False, True) for fn in (ref, fused)]
             rows.append((stage, name, *times))
             print(rows[-1], flush=True)
