@@ -144,8 +144,8 @@ class DeformableScan(nn.Module):
 
 class _SampleAndSort(torch.autograd.Function):
     """Triton path of the deformable tokens: sample, add the offset bias and sort in one kernel
-    (``kernels/deform_sample_triton.py``); backward as grid_sample's and
-    :class:`DeformablePathSort`'s."""
+    (``kernels/deform_sample_triton.py``). Backward: the sort's (un-sort + mean key gradient),
+    then PyTorch's grid-sampler backward for the map and for the table, as the reference path."""
 
     @staticmethod
     def forward(ctx, x, table, pos, keys, key_x, key_y):
@@ -157,11 +157,20 @@ class _SampleAndSort(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_order):
-        from .kernels.deform_sample_triton import sample_sort_bwd
         x, table, pos, order, key_x, key_y = ctx.saved_tensors
-        dx, dtable, dpos, dkeys = sample_sort_bwd(grad, x, table, pos, inverse_order(order),
-                                                  key_x, key_y)
-        return dx, dtable, dpos, dkeys, None, None
+        batch, dim, height, width = x.shape
+        grad_tokens = unsort_tokens(grad, order).float()
+        grad_keys = (grad.float() - grad_tokens).mean(1)
+        grad_map = grad_tokens.view(batch, dim, height, width)
+        grid_sample_backward = torch.ops.aten.grid_sampler_2d_backward
+        # (interpolation 0 = bilinear, padding 0 = zeros, align_corners=True), as the forward
+        grad_x, grad_pos = grid_sample_backward(grad_map, x.float(), pos, 0, 0, True, [True, True])
+        disp = torch.stack(((key_x[None, :] - pos[..., 0]) * 0.5,
+                            (key_y[:, None] - pos[..., 1]) * 0.5), -1)
+        grad_table, grad_disp = grid_sample_backward(
+            grad_map, table.expand(batch, -1, -1, -1), disp, 0, 0, True, [True, True])
+        return (grad_x.to(x.dtype), grad_table.sum(0), grad_pos - 0.5 * grad_disp, grad_keys,
+                None, None)
 
 
 def sample_and_sort_triton(x, table, pos, keys, key_x, key_y):
