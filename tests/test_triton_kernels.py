@@ -20,10 +20,14 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Route the model's LayerNorms, depthwise convs, scan merges and deformable sampling through
-    the kernels, CPU tensors included."""
-    for module in (layer_norm_module, scan_merge_module, deformable_scan_module,
-                   depthwise_conv_module):
+    """Route the model's LayerNorms, scan merges, deformable sampling and (on CUDA) depthwise
+    convs through the kernels, CPU tensors included. The interpreter needs minutes for the
+    depthwise convs of a whole backbone (k*k taps per program), so on CPU they are checked on
+    their own (test_depthwise_conv_*) and the whole-backbone run is left to the GPU."""
+    modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
+    if DEVICE == 'cuda':
+        modules.append(depthwise_conv_module)
+    for module in modules:
         monkeypatch.setattr(module, 'use_triton', lambda x: True)
 
 
@@ -153,7 +157,8 @@ def test_depthwise_conv_kernel_matches_torch(shape, k, bias):
         assert max_rel_err(a, r) < 1e-6
 
 
-def test_depthwise_conv_module_keeps_conv2d_keys_and_autocast_dtype(triton_everywhere):
+def test_depthwise_conv_module_keeps_conv2d_keys_and_autocast_dtype(monkeypatch):
+    monkeypatch.setattr(depthwise_conv_module, 'use_triton', lambda x: True)
     conv = DepthwiseConv2d(8, 5).to(DEVICE)
     assert list(conv.state_dict()) == ['weight', 'bias'] and conv.padding == (2, 2)
     x = torch.randn(2, 8, 6, 6, device=DEVICE)
@@ -168,8 +173,8 @@ def test_depthwise_conv_module_keeps_conv2d_keys_and_autocast_dtype(triton_every
 
 @pytest.mark.parametrize('path', reference_files('defmamba')[:1])
 def test_defmamba_with_the_kernels_matches_official(triton_everywhere, monkeypatch, path):
-    """The whole backbone with every LayerNorm, depthwise conv, scan merge and deformable sampling
-    on the kernels,
+    """The whole backbone with every LayerNorm, scan merge, deformable sampling (and on CUDA
+    depthwise conv) on the kernels,
     fp32, against the official outputs and input gradients (the tolerances of test_defmamba.py;
     TF32 off on CUDA: the fixtures are full fp32)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)

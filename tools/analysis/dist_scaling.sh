@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Training throughput of the demo Mask R-CNN (configs/demo, DefMamba-T) on 1 and on N GPUs:
-# torchrun + tools/train.py --launcher pytorch (NCCL), per-GPU batch as in the config.
-#   bash tools/analysis/dist_scaling.sh [N=2] [ITERS=80]
+# torchrun + tools/train.py --launcher pytorch (NCCL), same per-GPU batch on 1 and N GPUs, with
+# two loader workers per rank (the config loads in the training process, num_workers=0, which
+# leaves a 128-pixel demo iteration bound by the CPU and each rank waiting for the slower one).
+#   bash tools/analysis/dist_scaling.sh [N=2] [ITERS=80] [BATCH_PER_GPU=8]
 set -eu
-N=${1:-2} ITERS=${2:-80}
+N=${1:-2} ITERS=${2:-80} BATCH=${3:-8}
 CFG=configs/demo/maskrcnn_defmamba_t_synthetic.py
 python3 -m mmdefscan.datasets.synthetic data/synthetic
 for g in 1 "$N"; do
   torchrun --nproc_per_node="$g" --master_port=$((29500 + g)) tools/train.py "$CFG" \
     --launcher pytorch --work-dir "/tmp/scaling_$g" --cfg-options train_cfg.max_iters="$ITERS" \
     train_cfg.val_interval=1000000 default_hooks.logger.interval=10 \
+    train_dataloader.batch_size="$BATCH" train_dataloader.num_workers=2 \
+    train_dataloader.persistent_workers=True \
     default_hooks.checkpoint.interval=1000000 > "/tmp/scaling_$g.log" 2>&1 \
     || { tail -20 "/tmp/scaling_$g.log"; exit 1; }
   grep -h "finished training" "/tmp/scaling_$g.log"
 done
-python3 - "$N" "$CFG" <<'PY'
+python3 - "$N" "$BATCH" <<'PY'
 import re, sys
-from mmengine.config import Config
-n, batch = int(sys.argv[1]), Config.fromfile(sys.argv[2]).train_dataloader.batch_size
+n, batch = int(sys.argv[1]), int(sys.argv[2])
 def seconds_per_iter(gpus):
     # MMEngine logs the mean iteration time of each logging window; skip the first window (warm-up)
     log = open(f'/tmp/scaling_{gpus}.log').read()
