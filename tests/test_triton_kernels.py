@@ -7,10 +7,8 @@ from _refs import load_ref, max_rel_err, reference_files, run_case
 from mmdefscan.models.backbones import DefMamba
 from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
 from mmdefscan.ops import deformable_scan as deformable_scan_module
-from mmdefscan.ops import depthwise_conv as depthwise_conv_module
 from mmdefscan.ops import layer_norm as layer_norm_module
 from mmdefscan.ops import scan_merge as scan_merge_module
-from mmdefscan.ops.depthwise_conv import DepthwiseConv2d, depthwise_conv_triton
 from mmdefscan.ops.layer_norm import layer_norm_triton
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton
 
@@ -20,14 +18,9 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Route the model's LayerNorms, scan merges, deformable sampling and (on CUDA) depthwise
-    convs through the kernels, CPU tensors included. The interpreter needs minutes for the
-    depthwise convs of a whole backbone (k*k taps per program), so on CPU they are checked on
-    their own (test_depthwise_conv_*) and the whole-backbone run is left to the GPU."""
-    modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
-    if DEVICE == 'cuda':
-        modules.append(depthwise_conv_module)
-    for module in modules:
+    """Route the model's LayerNorms, scan merges and deformable sampling through the kernels,
+    CPU tensors included."""
+    for module in (layer_norm_module, scan_merge_module, deformable_scan_module):
         monkeypatch.setattr(module, 'use_triton', lambda x: True)
 
 
@@ -138,43 +131,9 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
         assert max_rel_err(grad, ref_grads[name]) < max(tol, 1e-4), name
 
 
-@pytest.mark.parametrize('shape, k', [((2, 3, 7, 9), 3), ((2, 4, 5, 6), 9), ((1, 2, 70, 67), 5),
-                                      ((1, 3, 1, 1), 7)])
-@pytest.mark.parametrize('bias', [True, False])
-def test_depthwise_conv_kernel_matches_torch(shape, k, bias):
-    """Tiles across and beyond the map (70x67 > one 64-wide tile), kernels larger than the map."""
-    x = torch.randn(shape, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    weight = torch.randn(shape[1], 1, k, k, dtype=torch.float64, device=DEVICE,
-                         requires_grad=True)
-    b = torch.randn(shape[1], dtype=torch.float64, device=DEVICE, requires_grad=True) \
-        if bias else None
-    inputs = [t for t in (x, weight, b) if t is not None]
-    out = depthwise_conv_triton(x, weight, b)
-    ref = torch.nn.functional.conv2d(x, weight, b, padding=k // 2, groups=shape[1])
-    assert out.shape == ref.shape and max_rel_err(out, ref) < 1e-6
-    w = torch.randn_like(ref)
-    for a, r in zip(grads(out, inputs, w), grads(ref, inputs, w)):
-        assert max_rel_err(a, r) < 1e-6
-
-
-def test_depthwise_conv_module_keeps_conv2d_keys_and_autocast_dtype(monkeypatch):
-    monkeypatch.setattr(depthwise_conv_module, 'use_triton', lambda x: True)
-    conv = DepthwiseConv2d(8, 5).to(DEVICE)
-    assert list(conv.state_dict()) == ['weight', 'bias'] and conv.padding == (2, 2)
-    x = torch.randn(2, 8, 6, 6, device=DEVICE)
-    with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        out = conv(x)
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, conv.weight, conv.bias,
-                                                               padding=2, groups=8).bfloat16())
-    with pytest.raises(ValueError, match='odd'):
-        DepthwiseConv2d(8, 4)
-
-
 @pytest.mark.parametrize('path', reference_files('defmamba')[:1])
 def test_defmamba_with_the_kernels_matches_official(triton_everywhere, monkeypatch, path):
-    """The whole backbone with every LayerNorm, scan merge, deformable sampling (and on CUDA
-    depthwise conv) on the kernels,
+    """The whole backbone with every LayerNorm, scan merge and deformable sampling on the kernels,
     fp32, against the official outputs and input gradients (the tolerances of test_defmamba.py;
     TF32 off on CUDA: the fixtures are full fp32)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)

@@ -3,7 +3,8 @@
 # call, or built here) and mamba-ssm's kernel built for this GPU (skipped when a warm machine
 # already has them), then the chosen steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR_WITH_mmcvwhl.part.*|-] [STEP ...]
-# steps: tests kernels backbones downstream scaling profile (default: all but profile). A call
+# steps: tests kernels backbones downstream scaling profile (default: all but profile); env
+# BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark. A call
 # is limited to 10 minutes: split the steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
@@ -30,13 +31,14 @@ for step in $STEPS; do
       python3 tools/analysis/bench_kernels.py --arch small --batch 128 --dtype bf16 \
         > "$OUT/kernels.log" 2>&1; sed -n '/^### /,$p' "$OUT/kernels.log" ;;
     backbones)
-      python3 tools/analysis/benchmark.py --models Swin-T/timm ConvNeXt-T/timm DefMamba-T \
-        DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T --iters 6 --warmup 2 \
+      python3 tools/analysis/benchmark.py --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm \
+        DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
         --json "$OUT/backbones.json" > "$OUT/backbones.log" 2>&1
       grep -E "not importable|Error" "$OUT/backbones.log" | cut -c1-200 | tail -5
       sed -n '/^### /,$p' "$OUT/backbones.log" ;;
     downstream)
       python3 tools/analysis/benchmark.py --models --iters 6 --warmup 2 \
+        --downstream-dtypes ${DOWNSTREAM_DTYPES:-fp32 fp16} \
         --detector configs/maskrcnn_defmamba_s_coco.py \
         mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
         --segmentor configs/upernet_defmamba_s_ade20k.py \
