@@ -10,7 +10,7 @@ setup(
     install_requires=['torch>=2.1', 'mmengine>=0.10.0,<1.0'],
     extras_require={
         'mm': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0', 'mmsegmentation>=1.0.0', 'mmpretrain>=1.0.0'],
-        'cuda': ['mamba-ssm>=2.0'],
+        'cuda': ['mamba-ssm>=2.0', 'triton>=3.0'],
         'tests': ['pytest'],
     },
 )
