@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiles import token_channel_tile
+
 BLOCK_TOKENS, BLOCK_CH = 64, 32
 
 
@@ -61,11 +63,7 @@ def _token_points(POS, KX, KY, b, tok, tmask, L, W):
 @triton.jit
 def _sample_sort_fwd_kernel(X, TABLE, POS, ORDER, KX, KY, OUT, D, H, W, L,
                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(2)
-    j = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    jmask = j < L
-    mask = jmask[:, None] & (ch < D)[None, :]
+    b, j, ch, jmask, mask = token_channel_tile(L, D, BLOCK_T, BLOCK_C)  # j: sorted position
     tok = tl.load(ORDER + b * L + j, mask=jmask, other=0)
     px, py, qx, qy = _token_points(POS, KX, KY, b, tok, jmask, L, W)
 

@@ -13,17 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiles import token_channel_tile
+
 BLOCK_L, BLOCK_D = 64, 32
 
 
 @triton.jit
 def _merge_fwd_kernel(YS, INV, Z, OUT, Y, L, D, szb, szl, szd,
                       SAVE_Y: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(2)
-    tok = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    tmask = tok < L
-    mask = tmask[:, None] & (ch < D)[None, :]
+    b, tok, ch, tmask, mask = token_channel_tile(L, D, BLOCK_L, BLOCK_D)
     inv = tl.load(INV + b * L + tok, mask=tmask, other=0)
     base = YS + b * 3 * D * L + ch[None, :] * L
     y = tl.load(base + tok[:, None], mask=mask, other=0.0).to(tl.float32)
@@ -41,11 +39,7 @@ def _merge_fwd_kernel(YS, INV, Z, OUT, Y, L, D, szb, szl, szd,
 @triton.jit
 def _merge_bwd_kernel(G, Y, INV, Z, DYS, DZ, L, D, sgb, sgl, sgd, szb, szl, szd,
                       BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(2)
-    tok = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    tmask = tok < L
-    mask = tmask[:, None] & (ch < D)[None, :]
+    b, tok, ch, tmask, mask = token_channel_tile(L, D, BLOCK_L, BLOCK_D)
     g = tl.load(G + b * sgb + tok[:, None] * sgl + ch[None, :] * sgd, mask=mask,
                 other=0.0).to(tl.float32)
     z = tl.load(Z + b * szb + tok[:, None] * szl + ch[None, :] * szd, mask=mask,
