@@ -76,6 +76,13 @@ def test_layer_norm_module_output_dtype_under_autocast(triton_everywhere, autoca
     torch.testing.assert_close(out, ref.to(expected))  # within one rounding of the dtype
 
 
+def test_layer_norm_module_over_several_dims_stays_exact(triton_everywhere):
+    """The kernel normalises over one dim: a LayerNorm over two takes the PyTorch path."""
+    norm = LayerNorm((4, 8)).to(DEVICE)
+    x = torch.randn(3, 4, 8, device=DEVICE)
+    torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(x, (4, 8)))
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('size', [(5, 7), (1, 1), (9, 16)])
 def test_scan_merge_kernel_matches_torch(dtype, size):

@@ -11,6 +11,8 @@ HAS_TRITON = importlib.util.find_spec('triton') is not None
 
 
 def use_triton(x) -> bool:
-    """True when x should go through a Triton kernel: a CUDA tensor, Triton present, not off."""
-    return HAS_TRITON and x.is_cuda and os.environ.get('MMDEFSCAN_TRITON', '1') != '0'
+    """True when x should go through a Triton kernel: a CUDA tensor, Triton present, not off, and
+    small enough for the kernels' 32-bit offsets."""
+    return (HAS_TRITON and x.is_cuda and x.numel() < 2 ** 31
+            and os.environ.get('MMDEFSCAN_TRITON', '1') != '0')
 
