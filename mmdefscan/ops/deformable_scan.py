@@ -14,6 +14,9 @@ official "mean gradient" to its keys (:class:`DeformablePathSort`), not the zero
 
 Sides of one pixel (where the official code divides by zero) use a divisor of 1: a 1-pixel
 axis then samples its only pixel, which is the limit of the formula.
+
+On CUDA with Triton the two samples, their sum and the sort-gather run as one kernel
+(``kernels/deform_sample_triton.py``); the code below the Triton branch is the reference.
 """
 import torch
 import torch.nn as nn
