@@ -1,0 +1,55 @@
+"""Compile every Triton kernel of mmdefscan for an sm_90 GPU target, on a machine without a GPU.
+
+Run by tests/test_triton_kernels.py in a process WITHOUT ``TRITON_INTERPRET`` (the interpreter
+accepts code the compiler refuses, e.g. a plain-float module global inside a kernel).
+Prints one ``compiled <kernel>`` line per kernel and variant.
+"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mmdefscan.ops.kernels import deform_sample_triton, layer_norm_triton, scan_merge_triton
+
+# pointers default to fp32; index pointers and low-precision activations are named here
+INDEX = {'INV': '*i32', 'ORDER': '*i64'}
+FLOATS = {'eps'}
+
+
+def compile_for_sm90(kernel, constexprs, sizes, activations=(), activation='*bf16'):
+    """sizes: the one-letter upper-case integer arguments (lower-case ones are integers too)."""
+    sizes = set(sizes)
+    signature = {}
+    for param in kernel.params:
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = 'constexpr'
+        elif name in INDEX:
+            signature[name] = INDEX[name]
+        elif name in FLOATS:
+            signature[name] = 'fp32'
+        elif name[0].isupper() and name not in sizes:
+            signature[name] = activation if name in activations else '*fp32'
+        else:
+            signature[name] = 'i32'
+    triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                   target=GPUTarget('cuda', 90, 32))
+    print('compiled', kernel.__name__, constexprs, flush=True)
+
+
+def main():
+    merge = dict(BLOCK_L=64, BLOCK_D=32)
+    compile_for_sm90(scan_merge_triton._merge_fwd_kernel, dict(SAVE_Y=True, **merge), 'LD',
+                     activations=('YS', 'Z', 'OUT', 'Y'))
+    compile_for_sm90(scan_merge_triton._merge_bwd_kernel, merge, 'LD',
+                     activations=('G', 'Z', 'DYS', 'DZ'))
+    compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel, dict(BLOCK_T=64, BLOCK_C=32),
+                     'DHWL', activations=('X', 'OUT'))
+    for fused in (False, True):
+        flags = dict(HAS_SCALE=fused, GELU=fused, BLOCK_M=32, BLOCK_N=128)
+        compile_for_sm90(layer_norm_triton._ln_fwd_kernel, flags, 'LN', activations=('Y',))
+        compile_for_sm90(layer_norm_triton._ln_bwd_kernel, flags, 'LN',
+                         activations=('X', 'DY', 'DX'))
+
+
+if __name__ == '__main__':
+    main()
