@@ -15,4 +15,3 @@ def use_triton(x) -> bool:
     small enough for the kernels' 32-bit offsets."""
     return (HAS_TRITON and x.is_cuda and x.numel() < 2 ** 31
             and os.environ.get('MMDEFSCAN_TRITON', '1') != '0')
-

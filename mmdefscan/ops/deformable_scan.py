@@ -52,9 +52,18 @@ class DeformablePathSort(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_sorted, _grad_order):
         order, = ctx.saved_tensors
-        grad_x = unsort_tokens(grad_sorted, order)  # the gather's gradient
-        grad_keys = (grad_sorted - grad_x).mean(1)
-        return grad_x, grad_keys
+        return sort_gradients(grad_sorted, order)
+
+
+def sort_gradients(grad_sorted, order):
+    """The sort's backward: the gather's gradient (un-sorted) and DefMamba's mean key gradient."""
+    grad_x = unsort_tokens(grad_sorted, order)
+    return grad_x, (grad_sorted - grad_x).mean(1)
+
+
+def _bias_points(pos_x, pos_y, key_x, key_y):
+    """Where the offset bias reads the rpe table: half the key-to-point distance, (B, H, W, 2)."""
+    return torch.stack(((key_x[None, :] - pos_x) * 0.5, (key_y[:, None] - pos_y) * 0.5), -1)
 
 
 def unsort_tokens(y_sorted, order):
@@ -138,8 +147,8 @@ class DeformableScan(nn.Module):
 
         sampled = F.grid_sample(x.to(dtype), torch.stack((pos_x, pos_y), -1), mode='bilinear',
                                 align_corners=True)
-        disp = torch.stack(((key_x[None, :] - pos_x) * 0.5, (key_y[:, None] - pos_y) * 0.5), -1)
-        pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1), disp, mode='bilinear',
+        pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1),
+                                 _bias_points(pos_x, pos_y, key_x, key_y), mode='bilinear',
                                  align_corners=True)
         # the tokens go on in x's dtype: fp32 here would promote the whole scan input under autocast
         return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)
@@ -162,16 +171,14 @@ class _SampleAndSort(torch.autograd.Function):
     def backward(ctx, grad, _grad_order):
         x, table, pos, order, key_x, key_y = ctx.saved_tensors
         batch, dim, height, width = x.shape
-        grad_tokens = unsort_tokens(grad, order).float()
-        grad_keys = (grad.float() - grad_tokens).mean(1)
+        grad_tokens, grad_keys = sort_gradients(grad.float(), order)
         grad_map = grad_tokens.view(batch, dim, height, width)
         grid_sample_backward = torch.ops.aten.grid_sampler_2d_backward
         # (interpolation 0 = bilinear, padding 0 = zeros, align_corners=True), as the forward
         grad_x, grad_pos = grid_sample_backward(grad_map, x.float(), pos, 0, 0, True, [True, True])
-        disp = torch.stack(((key_x[None, :] - pos[..., 0]) * 0.5,
-                            (key_y[:, None] - pos[..., 1]) * 0.5), -1)
         grad_table, grad_disp = grid_sample_backward(
-            grad_map, table.expand(batch, -1, -1, -1), disp, 0, 0, True, [True, True])
+            grad_map, table.expand(batch, -1, -1, -1),
+            _bias_points(pos[..., 0], pos[..., 1], key_x, key_y), 0, 0, True, [True, True])
         return (grad_x.to(x.dtype), grad_table.sum(0), grad_pos - 0.5 * grad_disp, grad_keys,
                 None, None)
 

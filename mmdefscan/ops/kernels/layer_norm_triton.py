@@ -91,28 +91,24 @@ def _ln_bwd_kernel(X, S, W, Bias, DY, Mean, Rstd, DX, DWpart, DBpart, DSpart, L,
              dx.to(DX.dtype.element_ty), mask=mask)
 
 
-def _mergeable(t):
-    """True when dims 1..-2 of t merge into one token axis without a copy."""
+def _token_layout(t):
+    """t, or a contiguous copy of it when dims 1..-2 do not merge into one token axis without a
+    copy (a permuted channel-first map does merge)."""
     dims = [(size, stride) for size, stride in zip(t.shape[1:-1], t.stride()[1:-1]) if size != 1]
-    return all(outer[1] == inner[1] * inner[0] for outer, inner in zip(dims, dims[1:]))
+    mergeable = all(outer[1] == inner[1] * inner[0] for outer, inner in zip(dims, dims[1:]))
+    return t if mergeable else t.contiguous()
 
 
 def _as_blc(t):
-    """t (B, ..., C) -> a (B, L, C) view and its strides; t is made contiguous first when its
-    token dims do not merge (a permuted channel-first map does merge: no copy)."""
-    if t.dim() == 2:
-        t = t.unsqueeze(0)
-    elif not _mergeable(t):
-        t = t.contiguous()
-    t3 = t.flatten(1, -2)
+    """A (B, L, C) view of t (B, ..., C) from _token_layout ((1, M, C) for rows), its strides."""
+    t3 = t.unsqueeze(0) if t.dim() == 2 else t.flatten(1, -2)
     return t3, t3.stride()
 
 
 def layer_norm_fwd(x, weight, bias, eps, scale=None, gelu=False, out_dtype=None):
     """x (B, ..., C) any strides (normalised over the last dim) -> y like x (same memory layout),
     mean, rstd (B * tokens,) fp32."""
-    if x.dim() > 2 and not _mergeable(x):
-        x = x.contiguous()
+    x = _token_layout(x)
     x3, sx = _as_blc(x)
     batch, length, channels = x3.shape
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)  # same strides as x: y3 is a view
@@ -131,11 +127,10 @@ def layer_norm_fwd(x, weight, bias, eps, scale=None, gelu=False, out_dtype=None)
 
 def layer_norm_bwd(dy, x, weight, bias, mean, rstd, scale=None, gelu=False):
     """-> dx (like x), dweight, dbias (fp32), dscale (B, C) fp32 or None."""
-    if x.dim() > 2 and not _mergeable(x):
-        x = x.contiguous()
+    x = _token_layout(x)
     x3, sx = _as_blc(x)
     batch, length, channels = x3.shape
-    dy3, sg = _as_blc(dy)
+    dy3, sg = _as_blc(_token_layout(dy))
     dx = torch.empty_like(x)
     dx3, sd = _as_blc(dx)
     block_n = triton.next_power_of_2(channels)
