@@ -14,8 +14,11 @@ from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans
 from mmdefscan.ops import deformable_scan as deformable_scan_module
 from mmdefscan.ops import layer_norm as layer_norm_module
 from mmdefscan.ops import scan_merge as scan_merge_module
+from mmdefscan.ops import selective_scan as selective_scan_module
 from mmdefscan.ops.layer_norm import layer_norm_triton
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton
+from mmdefscan.ops.selective_scan import (selective_scan_ref, selective_scan_triton,
+                                          triton_scan_supported)
 
 pytest.importorskip('triton')  # installed by tools/setup_env.sh; CI runs these tests
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -24,8 +27,10 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 @pytest.fixture
 def triton_everywhere(monkeypatch):
     """Route the model's LayerNorms, scan merges and deformable sampling through the kernels,
-    CPU tensors included."""
-    for module in (layer_norm_module, scan_merge_module, deformable_scan_module):
+    CPU tensors included, and on CUDA the selective scan too (in the interpreter a whole model's
+    scans would take many minutes: its tests below use small shapes)."""
+    modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
+    for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda x: True)
 
 
@@ -157,6 +162,59 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
     assert max_rel_err(tokens, ref_tokens) < tol and max_rel_err(dx, ref_dx) < tol
     for name, grad in grads.items():
         assert max_rel_err(grad, ref_grads[name]) < max(tol, 1e-4), name
+
+
+SCAN_CASES = {  # groups, channels per group, states, steps, segments, B/C as (b, G, N, L) views
+    'grouped': (2, 8, 3, 150, 1, True),
+    'grouped, 3 segments': (2, 8, 3, 150, 3, True),
+    'one group, 16 states, bare': (1, 4, 16, 70, 1, False),
+}
+
+
+@pytest.mark.parametrize('case', list(SCAN_CASES))
+def test_selective_scan_kernel_matches_torch(case):
+    """Forward and every gradient against the exact scan in fp64: partial last tile, state
+    count padded to a power of two, segments joined by the carry pass, B and C as strided views
+    of one projection (as DefMamba passes them) or (b, N, L); softplus, bias and D on or off."""
+    groups, cpg, n_state, length, segments, full = SCAN_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    batch, channels = 2, groups * cpg
+    proj = rand(batch, groups, 1 + 2 * n_state, length)
+    B, C = proj[:, :, 1:1 + n_state], proj[:, :, 1 + n_state:]
+    if groups == 1:
+        B, C = B[:, 0], C[:, 0]
+    delta = rand(batch, channels, length) * 2  # without softplus a time step must be > 0
+    inputs = dict(u=rand(batch, channels, length), delta=delta if full else delta.abs(),
+                  A=-rand(channels, n_state).abs() * 3, B=B, C=C)
+    if full:
+        inputs.update(D=rand(channels), delta_bias=rand(channels))
+    names = list(inputs)
+    ref_in = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y_ref = selective_scan_ref(**ref_in, delta_softplus=full)
+    dy = rand(*y_ref.shape)
+    grads_ref = torch.autograd.grad(y_ref, list(ref_in.values()), dy)
+    ins = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in inputs.items()}
+    y = selective_scan_triton(**ins, delta_softplus=full, segments=segments)
+    grads = torch.autograd.grad(y, list(ins.values()), dy.to(y))
+    assert y.dtype == torch.float32 and max_rel_err(y, y_ref) < 1e-5
+    for name, grad, ref in zip(names, grads, grads_ref):
+        assert grad.shape == ref.shape and max_rel_err(grad, ref) < 1e-5, name
+
+
+def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
+    """selective_scan_fn takes the Triton scan for variable B, C without a gate (what the three
+    backbones pass), and keeps the CUDA kernel / exact path for the rest."""
+    monkeypatch.setattr(selective_scan_module, 'use_triton', lambda x: True)
+    u, B3, B4 = torch.zeros(1, 8, 5), torch.zeros(1, 4, 5), torch.zeros(1, 2, 4, 5)
+    assert triton_scan_supported(u, B3, B3, None, False)
+    assert triton_scan_supported(u, B4, B4, None, False)
+    assert not triton_scan_supported(u, B4, B4, u, False)  # a gate z
+    assert not triton_scan_supported(u, B4, B4, None, True)  # the last state
+    assert not triton_scan_supported(u, torch.zeros(8, 4), B3, None, False)  # constant B
+    assert not triton_scan_supported(u, torch.zeros(1, 4, 4, 5), B3, None, False)  # 2 per group
+    monkeypatch.setenv('MMDEFSCAN_TRITON_SCAN', '0')
+    assert not triton_scan_supported(u, B4, B4, None, False)
 
 
 @pytest.mark.parametrize('path', reference_files('defmamba')[:1])

@@ -8,7 +8,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mmdefscan.ops.kernels import deform_sample_triton, layer_norm_triton, scan_merge_triton
+from mmdefscan.ops.kernels import (deform_sample_triton, layer_norm_triton, scan_merge_triton,
+                                   selective_scan_triton)
 
 # pointers default to fp32; index pointers and low-precision activations are named here
 INDEX = {'INV': '*i32', 'ORDER': '*i64'}
@@ -49,6 +50,16 @@ def main():
         compile_for_sm90(layer_norm_triton._ln_fwd_kernel, flags, 'LN', activations=('Y',))
         compile_for_sm90(layer_norm_triton._ln_bwd_kernel, flags, 'LN',
                          activations=('X', 'DY', 'DX'))
+    scan = selective_scan_triton
+    flags = dict(NP=16, BD=scan.MAX_BD, T=scan.TILE_T, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
+    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_STATES=False, WRITE_SEG=True),
+                    dict(HAS_H0=True, WRITE_Y=True, WRITE_STATES=True, WRITE_SEG=False)):
+        compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, **variant), 'LN',
+                         activations=('U', 'DELTA', 'BM', 'CM', 'Y'))
+    for grads in (False, True):
+        compile_for_sm90(scan._scan_bwd_kernel, dict(**flags, HAS_LAM0=True, GRADS=grads), 'LN',
+                         activations=('U', 'DELTA', 'BM', 'CM', 'DY', 'DU', 'DDELTA'))
+    compile_for_sm90(scan._combine_segments_kernel, dict(REVERSE=True, BLOCK=256), 'N')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ that scans in chunks (about 2*sqrt(L) vectorised steps instead of L). Both compu
 they are (as mamba-ssm does under autocast), the torch path upcasts them.
 """
 import math
+import os
 import warnings
 from typing import List, Optional, Tuple
 
@@ -23,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from ._triton import use_triton
 
 _KERNEL = None  # None: not tried yet; False: not importable; else the module
 
@@ -248,13 +250,59 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     return y
 
 
+class _ScanTriton(torch.autograd.Function):
+    """The Triton scan (``kernels/selective_scan_triton.py``); the backward recomputes the
+    states from the inputs, so only the inputs are kept."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, segments):
+        from .kernels.selective_scan_triton import scan_fwd
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.options = (delta_softplus, segments)
+        return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments)
+
+    @staticmethod
+    def backward(ctx, dy):
+        from .kernels.selective_scan_triton import scan_bwd
+        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, *ctx.options)
+        return (*grads, None, None)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+                          segments=None):
+    """The Triton scan with :func:`selective_scan_fn`'s arguments for variable B, C of shape
+    (b, N, L) or (b, G, N, L) and no gate; the dtypes as the CUDA kernel takes them.
+    ``segments`` fixes the number of time segments (tests; by default enough to fill the GPU)."""
+    io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    unit_steps = lambda t: t.to(io) if t.stride(-1) == 1 else t.to(io).contiguous()  # noqa: E731
+    fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    return _ScanTriton.apply(u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A),
+                             unit_steps(B), unit_steps(C), fp32(D), fp32(delta_bias),
+                             delta_softplus, segments)
+
+
+def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
+    """Whether the Triton scan covers this call: CUDA (or interpreter) with Triton on, variable
+    B and C, no gate, no last state, channel groups of at least 4 and at most 64 states."""
+    if z is not None or return_last_state or B.dim() < 3 or C.dim() < 3 \
+            or os.environ.get('MMDEFSCAN_TRITON_SCAN', '1') == '0' or not use_triton(u):
+        return False
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    return u.shape[1] % (4 * groups) == 0 and B.shape[-2] <= 64
+
+
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
-    """Selective scan with mamba-ssm's signature; kernel on CUDA when available, else exact torch.
+    """Selective scan with mamba-ssm's signature; on CUDA the Triton scan where it applies
+    (:func:`triton_scan_supported`), else mamba-ssm's kernel when available, else exact torch.
 
     Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.
     """
     with torch.autocast(u.device.type, enabled=False):
+        if u.dtype != torch.float64 and triton_scan_supported(u, B, C, z, return_last_state):
+            return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
         if u.is_cuda and u.dtype != torch.float64 and _load_kernel():
             return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                         return_last_state)

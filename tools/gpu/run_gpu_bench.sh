@@ -3,8 +3,8 @@
 # call, or built here) and mamba-ssm's kernel built for this GPU (skipped when a warm machine
 # already has them), then the chosen steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR_WITH_mmcvwhl.part.*|-] [STEP ...]
-# steps: tests kernels backbones downstream scaling profile (default: all but profile); env
-# BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark. A call
+# steps: tests scan kernels backbones downstream scaling profile (default: all but profile); env
+# BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to bench_scan.py. A call
 # is limited to 10 minutes: split the steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
@@ -27,6 +27,9 @@ for step in $STEPS; do
     tests)
       python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_triton_kernels.py \
         2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|rel err|per stage|Error" ;;
+    scan)
+      python3 tools/analysis/bench_scan.py ${SCAN_ARGS:-} > "$OUT/scan.log" 2>&1
+      grep -E "Error|error" "$OUT/scan.log" | tail -5; sed -n '/^### /,$p' "$OUT/scan.log" ;;
     kernels)
       python3 tools/analysis/bench_kernels.py --arch small --batch 128 --dtype bf16 \
         > "$OUT/kernels.log" 2>&1; sed -n '/^### /,$p' "$OUT/kernels.log" ;;
