@@ -37,6 +37,31 @@ def test_kernel_matches_torch_path_forward_and_backward():
 
 
 @cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and kernel_available()), reason="needs mamba-ssm's selective_scan_cuda")
+@pytest.mark.parametrize('length', [3136, 5000])
+def test_triton_forward_with_mamba_backward_matches_torch_path(length):
+    """DefMamba's scans (no gate, no last state) run the Triton forward; in training it writes
+    mamba-ssm's chunk states and mamba-ssm's backward differentiates. 5000 steps: three
+    2048-step chunks, and two time segments (2 x 96 channels are too few programs)."""
+    args = scan_inputs('cuda', length=length)
+    with torch.no_grad():
+        y_infer = selective_scan_fn(**args, delta_softplus=True)
+    for v in args.values():
+        v.requires_grad_(True)
+    y_k = selective_scan_fn(**args, delta_softplus=True)
+    y_t = selective_scan_ref(**args, delta_softplus=True)
+    w = torch.randn_like(y_k)
+    g_k = torch.autograd.grad((y_k * w).sum(), list(args.values()))
+    g_t = torch.autograd.grad((y_t * w).sum(), list(args.values()))
+    errs = {'out': max_rel_err(y_k, y_t), 'out_no_grad': max_rel_err(y_infer, y_t)}
+    errs.update({f'grad_{n}': max_rel_err(a, b) for n, a, b in zip(args, g_k, g_t)})
+    print(f'\ntriton fwd + mamba bwd vs torch, L={length} (max rel err):',
+          {k: f'{v:.2e}' for k, v in errs.items()})
+    assert errs['out'] < 1e-4 and errs['out_no_grad'] < 1e-4
+    assert max(v for k, v in errs.items() if k.startswith('grad')) < 1e-3
+
+
+@cuda
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_autocast_has_no_nan(dtype):
     torch.manual_seed(0)

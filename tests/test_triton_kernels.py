@@ -164,22 +164,19 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
         assert max_rel_err(grad, ref_grads[name]) < max(tol, 1e-4), name
 
 
-SCAN_CASES = {  # groups, channels per group, states, steps, segments, B/C as (b, G, N, L) views
+SCAN_CASES = {  # groups, channels per group, states, steps, segments, softplus + bias + D
     'grouped': (2, 8, 3, 150, 1, True),
-    'grouped, 3 segments': (2, 8, 3, 150, 3, True),
+    'grouped, 3 segments': (2, 8, 3, 700, 3, True),
     'one group, 16 states, bare': (1, 4, 16, 70, 1, False),
 }
 
 
-@pytest.mark.parametrize('case', list(SCAN_CASES))
-def test_selective_scan_kernel_matches_torch(case):
-    """Forward and every gradient against the exact scan in fp64: partial last tile, state
-    count padded to a power of two, segments joined by the carry pass, B and C as strided views
-    of one projection (as DefMamba passes them) or (b, N, L); softplus, bias and D on or off."""
-    groups, cpg, n_state, length, segments, full = SCAN_CASES[case]
-    gen = torch.Generator().manual_seed(0)
+def scan_inputs(groups, cpg, n_state, length, full, batch=2, seed=0):
+    """fp64 inputs; B and C as strided views of one projection (as DefMamba passes them), or
+    (b, N, L) for one group."""
+    gen = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    batch, channels = 2, groups * cpg
+    channels = groups * cpg
     proj = rand(batch, groups, 1 + 2 * n_state, length)
     B, C = proj[:, :, 1:1 + n_state], proj[:, :, 1 + n_state:]
     if groups == 1:
@@ -189,17 +186,37 @@ def test_selective_scan_kernel_matches_torch(case):
                   A=-rand(channels, n_state).abs() * 3, B=B, C=C)
     if full:
         inputs.update(D=rand(channels), delta_bias=rand(channels))
-    names = list(inputs)
-    ref_in = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-    y_ref = selective_scan_ref(**ref_in, delta_softplus=full)
-    dy = rand(*y_ref.shape)
-    grads_ref = torch.autograd.grad(y_ref, list(ref_in.values()), dy)
-    ins = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in inputs.items()}
-    y = selective_scan_triton(**ins, delta_softplus=full, segments=segments)
-    grads = torch.autograd.grad(y, list(ins.values()), dy.to(y))
+    return inputs
+
+
+@pytest.mark.parametrize('case', list(SCAN_CASES))
+def test_selective_scan_kernel_matches_torch(case):
+    """The Triton forward against the exact scan in fp64: state count padded to a power of two,
+    segments joined by the carry pass, grouped or single-group B and C, softplus, bias and D on
+    or off."""
+    groups, cpg, n_state, length, segments, full = SCAN_CASES[case]
+    inputs = scan_inputs(groups, cpg, n_state, length, full)
+    y_ref = selective_scan_ref(**inputs, delta_softplus=full)
+    y = selective_scan_triton(**{k: v.to(DEVICE, torch.float32) for k, v in inputs.items()},
+                              delta_softplus=full, segments=segments)
     assert y.dtype == torch.float32 and max_rel_err(y, y_ref) < 1e-5
-    for name, grad, ref in zip(names, grads, grads_ref):
-        assert grad.shape == ref.shape and max_rel_err(grad, ref) < 1e-5, name
+
+
+@pytest.mark.parametrize('segments', [1, 2])
+def test_selective_scan_kernel_writes_mamba_chunk_states(segments):
+    """For training the forward also writes mamba-ssm's ``x``: (1, h) at the end of every
+    2048-step chunk, the last one partial; mamba-ssm's backward reads h from it."""
+    length = 4200
+    inputs = scan_inputs(1, 8, 4, length, True, batch=1, seed=1)
+    y, chunks = selective_scan_triton(
+        **{k: v.to(DEVICE, torch.float32) for k, v in inputs.items()}, delta_softplus=True,
+        segments=segments, save_chunks=True)
+    assert chunks.shape == (1, 8, 3, 8) and bool((chunks[..., 0::2] == 1).all())
+    for chunk, end in enumerate((2048, 4096, length)):
+        cut = {k: v[..., :end] if k in 'u delta B C' else v for k, v in inputs.items()}
+        _, state = selective_scan_ref(**cut, delta_softplus=True, return_last_state=True)
+        assert max_rel_err(chunks[:, :, chunk, 1::2], state) < 1e-5, chunk
+    assert max_rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
 
 
 def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):

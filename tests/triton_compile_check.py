@@ -51,16 +51,13 @@ def main():
         compile_for_sm90(layer_norm_triton._ln_bwd_kernel, flags, 'LN',
                          activations=('X', 'DY', 'DX'))
     scan = selective_scan_triton
-    flags = dict(NP=16, BD=scan.MAX_BD, T=scan.TILE_T, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
-    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_STATES=False, WRITE_SEG=True),
-                    dict(HAS_H0=True, WRITE_Y=True, WRITE_STATES=True, WRITE_SEG=False)):
+    flags = dict(NP=16, BD=scan.MAX_BD, CHUNK=scan.MAMBA_CHUNK, UNROLL=scan.UNROLL, HAS_D=True,
+                 HAS_BIAS=True, SOFTPLUS=True)
+    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_SEG=True),
+                    dict(HAS_H0=True, WRITE_Y=True, WRITE_CHUNKS=True, WRITE_SEG=False)):
         compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, **variant), 'LN',
                          activations=('U', 'DELTA', 'BM', 'CM', 'Y'))
-    for grads in (False, True):
-        compile_for_sm90(scan._scan_bwd_kernel, dict(**flags, HAS_LAM0=True, GRADS=grads), 'LN',
-                         activations=('U', 'DELTA', 'BM', 'CM', 'DY', 'DU', 'DDELTA'))
-    compile_for_sm90(scan._combine_segments_kernel, dict(REVERSE=True, BLOCK=256), 'N')
-
+    compile_for_sm90(scan._combine_segments_kernel, dict(BLOCK=256), 'N')
 
 if __name__ == '__main__':
     main()

@@ -233,7 +233,8 @@ def _scan_backward(ctx, dout, _dx, dout_z):
 _scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
 
 
-def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                         triton_forward=False):
     # The kernel reads u, delta, B, C, z in one input dtype (fp32, fp16 or bf16) and always
     # computes in fp32, so low-precision activations go in as they are (half the bytes, no cast
     # copies); A, D and delta_bias are parameters and go in as fp32.
@@ -242,6 +243,9 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     Bk, Ck = (_grouped(M, batch, dim, length) for M in (B, C))
     cast = lambda t: None if t is None else t.to(io).contiguous()  # noqa: E731
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    if triton_forward:
+        return _ScanTritonForward.apply(cast(u), cast(delta), fp32(A), cast(Bk), cast(Ck), fp32(D),
+                                        fp32(delta_bias), delta_softplus)
     out, x, out_z = _scan_fwd(cast(u), cast(delta), fp32(A), cast(Bk), cast(Ck), fp32(D), cast(z),
                               fp32(delta_bias), delta_softplus)
     y = out_z if z is not None else out
@@ -250,42 +254,51 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     return y
 
 
-class _ScanTriton(torch.autograd.Function):
-    """The Triton scan (``kernels/selective_scan_triton.py``); the backward recomputes the
-    states from the inputs, so only the inputs are kept."""
+class _ScanTritonForward(torch.autograd.Function):
+    """Training with the Triton forward: it also writes mamba-ssm's chunk states, so that
+    mamba-ssm's backward kernel (the custom op above) differentiates the call."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, segments):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
         from .kernels.selective_scan_triton import scan_fwd
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.options = (delta_softplus, segments)
-        return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments)
+        y, chunk_states = scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                   save_chunks=True)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, chunk_states)
+        ctx.delta_softplus = delta_softplus
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        from .kernels.selective_scan_triton import scan_bwd
-        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, *ctx.options)
-        return (*grads, None, None)
+        u, delta, A, B, C, D, delta_bias, chunk_states = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, ddelta_bias, _ = _scan_bwd(
+            u, delta, A, B, C, D, None, delta_bias, dy.contiguous(), chunk_states, None,
+            ctx.delta_softplus)
+        return (du, ddelta, dA, dB, dC, dD if D is not None else None,
+                ddelta_bias if delta_bias is not None else None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
-                          segments=None):
-    """The Triton scan with :func:`selective_scan_fn`'s arguments for variable B, C of shape
-    (b, N, L) or (b, G, N, L) and no gate; the dtypes as the CUDA kernel takes them.
-    ``segments`` fixes the number of time segments (tests; by default enough to fill the GPU)."""
+                          segments=None, save_chunks=False):
+    """The Triton forward (no autograd) with :func:`selective_scan_fn`'s arguments, for variable
+    B, C of shape (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them.
+    Returns y, or (y, mamba-ssm's chunk states) with ``save_chunks``; ``segments`` fixes the
+    number of time segments (tests; by default enough to fill the GPU)."""
+    from .kernels.selective_scan_triton import scan_fwd
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     unit_steps = lambda t: t.to(io) if t.stride(-1) == 1 else t.to(io).contiguous()  # noqa: E731
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    return _ScanTriton.apply(u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A),
-                             unit_steps(B), unit_steps(C), fp32(D), fp32(delta_bias),
-                             delta_softplus, segments)
+    y, chunk_states = scan_fwd(u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A),
+                               unit_steps(B), unit_steps(C), fp32(D), fp32(delta_bias),
+                               delta_softplus, save_chunks, segments)
+    return (y, chunk_states) if save_chunks else y
 
 
 def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
-    """Whether the Triton scan covers this call: CUDA (or interpreter) with Triton on, variable
-    B and C, no gate, no last state, channel groups of at least 4 and at most 64 states."""
+    """Whether the Triton forward covers this call: CUDA with Triton on (``MMDEFSCAN_TRITON`` and
+    ``MMDEFSCAN_TRITON_SCAN`` not 0), variable B and C, no gate, no last state, channel groups
+    of a multiple of 4 and at most 64 states."""
     if z is not None or return_last_state or B.dim() < 3 or C.dim() < 3 \
             or os.environ.get('MMDEFSCAN_TRITON_SCAN', '1') == '0' or not use_triton(u):
         return False
@@ -295,17 +308,21 @@ def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
-    """Selective scan with mamba-ssm's signature; on CUDA the Triton scan where it applies
-    (:func:`triton_scan_supported`), else mamba-ssm's kernel when available, else exact torch.
+    """Selective scan with mamba-ssm's signature. On CUDA where :func:`triton_scan_supported`:
+    the Triton forward, and for training mamba-ssm's backward kernel on its chunk states; else
+    mamba-ssm's kernel when available; else (and on CPU) the exact torch scan.
 
     Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.
     """
     with torch.autocast(u.device.type, enabled=False):
-        if u.dtype != torch.float64 and triton_scan_supported(u, B, C, z, return_last_state):
-            return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
-        if u.is_cuda and u.dtype != torch.float64 and _load_kernel():
-            return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                        return_last_state)
+        if u.is_cuda and u.dtype != torch.float64:
+            triton = triton_scan_supported(u, B, C, z, return_last_state)
+            if triton and not (torch.is_grad_enabled() and any(
+                    t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))):
+                return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
+            if _load_kernel():
+                return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                            return_last_state, triton_forward=triton)
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   return_last_state)
 

@@ -1,13 +1,13 @@
-"""Time the Triton selective scan against mamba-ssm's CUDA kernel on DefMamba's scan shapes.
+"""Time the Triton selective-scan forward against mamba-ssm's CUDA kernel on DefMamba's shapes.
 
-    python tools/analysis/bench_scan.py [--configs 16x32x4 8x32x4 ...]
+    python tools/analysis/bench_scan.py [--configs 32x1x4 16x1x4 ...] [--cases infer maskrcnn]
 
 Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, training batch 64
-bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every tile config
-(channels BD x steps T x warps [x programs wanted before
-the sequence is cut into segments]) the forward (no grad) and forward+backward milliseconds, CUDA
-events, median of 10 after warm-up, and the largest relative difference to the CUDA kernel.
-A markdown table at the end.
+bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
+per program x warps x unrolled steps [x programs wanted before the sequence is cut into
+segments]): forward (no grad) and forward+backward milliseconds (Triton forward + mamba-ssm's
+backward against mamba-ssm's both), CUDA events, median of 10 after warm-up, and the largest
+relative difference to the CUDA kernel's output and gradients. A markdown table at the end.
 """
 import argparse
 import os
@@ -70,8 +70,8 @@ def rel_err(a, b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--configs', nargs='+', default=['16x32x4', '8x32x4', '16x32x8',
-                                                         '8x64x4', '4x64x4', '8x16x2'])
+    parser.add_argument('--configs', nargs='+', default=[
+        '32x1x4', '32x1x1', '32x1x8', '16x1x4', '64x1x4', '64x2x4', '32x2x4', '32x1x4x4224'])
     parser.add_argument('--cases', nargs='*', help='substrings of the case names to run')
     opts = parser.parse_args()
     assert scan_module.kernel_available(), 'needs mamba-ssm selective_scan_cuda to compare'
@@ -82,12 +82,14 @@ def main():
         args = inputs(batch, channels, length, dtype)
         ref_fwd = timed(lambda: run(args, False, False))
         ref_bwd = timed(lambda: run(args, True, False))
+        for a in args:
+            a.grad = None
         y_ref = run(args, True, False)
         g_ref = [a.grad.clone() for a in args]
         for config in opts.configs:
-            bd, t, warps, *wanted = map(int, config.split('x'))
-            kernels.MAX_BD, kernels.TILE_T, kernels.NUM_WARPS = bd, t, warps
-            kernels.WANTED_PROGRAMS = wanted[0] if wanted else 528
+            bd, warps, unroll, *wanted = map(int, config.split('x'))
+            kernels.MAX_BD, kernels.NUM_WARPS, kernels.UNROLL = bd, warps, unroll
+            kernels.WANTED_PROGRAMS = wanted[0] if wanted else 1056
             for a in args:
                 a.grad = None
             y = run(args, True, True)
@@ -96,7 +98,7 @@ def main():
             bwd = timed(lambda: run(args, True, True))
             rows.append((name, config, ref_fwd, fwd, ref_bwd, bwd, err))
             print(rows[-1], flush=True)
-    print('\n### selective scan: mamba-ssm CUDA kernel vs Triton (ms; config BDxTxwarps[xprograms])\n')
+    print('\n### selective scan: mamba-ssm CUDA kernel vs Triton (ms; config BDxwarpsxunroll[xprograms])\n')
     print('| case | config | fwd cuda | fwd triton | fwd+bwd cuda | fwd+bwd triton | '
           'max rel diff |')
     print('|---|---|---|---|---|---|---|')
