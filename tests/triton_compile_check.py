@@ -51,7 +51,7 @@ def main():
         compile_for_sm90(layer_norm_triton._ln_bwd_kernel, flags, 'LN',
                          activations=('X', 'DY', 'DX'))
     scan = selective_scan_triton
-    flags = dict(NP=16, BD=scan.MAX_BD, CHUNK=scan.MAMBA_CHUNK, UNROLL=scan.UNROLL, HAS_D=True,
+    flags = dict(NP=16, BD=scan.MAX_BD, CHUNK=scan.MAMBA_CHUNK, HAS_D=True,
                  HAS_BIAS=True, SOFTPLUS=True)
     for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_SEG=True),
                     dict(HAS_H0=True, WRITE_Y=True, WRITE_CHUNKS=True, WRITE_SEG=False)):

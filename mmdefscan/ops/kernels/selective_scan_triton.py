@@ -33,17 +33,53 @@ def _softplus(x):
 
 
 @triton.jit
+def _columns(x, R: tl.constexpr):
+    """x (R, 4) -> its four columns (R,)."""
+    even, odd = tl.split(tl.reshape(x, [R, 2, 2]))
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _step(h, dt, dtu, A2, Bt, Ct):
+    """One time step of all (channel, state) pairs: the new state and C h."""
+    h = tl.exp2(dt[:, None] * A2) * h + dtu[:, None] * Bt[None, :]
+    return h, tl.sum(h * Ct[None, :], 1)
+
+
+@triton.jit
+def _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, t_stop, nmask,
+                SOFTPLUS: tl.constexpr):
+    """Four steps from t0, float32: u, dt (0 past t_stop: the state passes unchanged), each
+    (BD, 4); B and C (NP, 4)."""
+    t = t0 + tl.arange(0, 4)
+    tmask = (t < t_stop)[None, :]
+    u = tl.load(u_ptr[:, None] + t[None, :], mask=tmask, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr[:, None] + t[None, :], mask=tmask, other=0.0).to(tl.float32)
+    dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(tmask, dt, 0.0)
+    bc_mask = nmask[:, None] & tmask
+    Bt = tl.load(b_ptr[:, None] + t[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+    Ct = tl.load(c_ptr[:, None] + t[None, :], mask=bc_mask, other=0.0).to(tl.float32)
+    return u, dt, Bt, Ct
+
+
+@triton.jit
 def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, SEG_H, SEG_P,
                      L, channels, cpg, seg_len, n_chunks, n_seg, N,
                      sbb, sbg, sbn, scb, scg, scn,
                      NP: tl.constexpr, BD: tl.constexpr, CHUNK: tl.constexpr,
-                     UNROLL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr,
                      WRITE_CHUNKS: tl.constexpr, WRITE_SEG: tl.constexpr):
     """One segment of BD channels (grid: channel blocks, batch, segments). WRITE_Y: y and, with
     WRITE_CHUNKS, the state after every CHUNK steps (rows, n_chunks, N, 2) as (1, h).
     WRITE_SEG: the segment's end state from H0 (or zero) and its decay exp(A sum dt),
-    (rows, n_seg, N) each."""
+    (rows, n_seg, N) each. Steps go four at a time: one load and one store per four steps,
+    and the next four are loaded before the current ones are computed."""
     block, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ch = block * BD + tl.arange(0, BD)
     n = tl.arange(0, NP)
@@ -67,19 +103,29 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, SEG_H, SE
     b_ptr = BM + b * sbb + g * sbg + n * sbn
     c_ptr = CM + b * scb + g * scg + n * scn
     for c0 in range(t_start, t_end, CHUNK):
-        for t in tl.range(c0, tl.minimum(c0 + CHUNK, t_end), loop_unroll_factor=UNROLL):
-            u = tl.load(u_ptr + t).to(tl.float32)
-            dt = tl.load(delta_ptr + t).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(b_ptr + t, mask=nmask, other=0.0).to(tl.float32)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+        c_stop = tl.minimum(c0 + CHUNK, t_end)
+        u4, dt4, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, c0, c_stop, nmask,
+                                      SOFTPLUS)
+        for t0 in range(c0, c_stop, 4):
+            u_cur, dt_cur, B_cur, C_cur = u4, dt4, B4, C4
+            u4, dt4, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0 + 4, c_stop,
+                                          nmask, SOFTPLUS)
+            dt0, dt1, dt2, dt3 = _columns(dt_cur, BD)
+            dtu0, dtu1, dtu2, dtu3 = _columns(dt_cur * u_cur, BD)
+            B0, B1, B2, B3 = _columns(B_cur, NP)
+            C0, C1, C2, C3 = _columns(C_cur, NP)
+            h, y0 = _step(h, dt0, dtu0, A2, B0, C0)
+            h, y1 = _step(h, dt1, dtu1, A2, B1, C1)
+            h, y2 = _step(h, dt2, dtu2, A2, B2, C2)
+            h, y3 = _step(h, dt3, dtu3, A2, B3, C3)
             if WRITE_Y:
-                Ct = tl.load(c_ptr + t, mask=nmask, other=0.0).to(tl.float32)
-                y = tl.sum(h * Ct[None, :], 1) + d_skip * u
-                tl.store(y_ptr + t, y.to(Y.dtype.element_ty))
+                y = tl.reshape(tl.join(tl.join(y0, y2), tl.join(y1, y3)), [BD, 4])
+                y += d_skip[:, None] * u_cur
+                t = t0 + tl.arange(0, 4)
+                tl.store(y_ptr[:, None] + t[None, :], y.to(Y.dtype.element_ty),
+                         mask=(t < c_stop)[None, :])
             if WRITE_SEG:
-                dt_sum += dt
+                dt_sum += tl.sum(dt_cur, 1)
         if WRITE_CHUNKS:
             chunk_offs = ((row[:, None] * n_chunks + c0 // CHUNK) * N + n[None, :]) * 2
             tl.store(CHUNK_H + chunk_offs, tl.full([BD, NP], 1.0, tl.float32), mask=state_mask)
@@ -105,7 +151,7 @@ def _combine_segments_kernel(SEG_H, SEG_P, H0, total, n_seg, N, BLOCK: tl.conste
 
 # Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, unrolled
 # steps, and the programs wanted before the sequence is cut into segments.
-MAX_BD, NUM_WARPS, UNROLL, WANTED_PROGRAMS = 32, 1, 4, 1056
+MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 1, 264
 
 
 def block_channels(cpg):
@@ -147,7 +193,7 @@ def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, save_chunks=False, segm
     args = (u, delta, A, B, C, D, delta_bias)
     sizes = (length, channels, cpg, seg_len, n_chunks, n_seg, n_state, *B.stride()[:3],
              *C.stride()[:3])
-    meta = dict(NP=triton.next_power_of_2(n_state), BD=bd, CHUNK=MAMBA_CHUNK, UNROLL=UNROLL,
+    meta = dict(NP=triton.next_power_of_2(n_state), BD=bd, CHUNK=MAMBA_CHUNK,
                 HAS_D=D is not none, HAS_BIAS=delta_bias is not none, SOFTPLUS=softplus,
                 num_warps=NUM_WARPS)
     h0 = None
