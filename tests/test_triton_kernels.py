@@ -202,10 +202,11 @@ def test_selective_scan_kernel_matches_torch(case):
     assert y.dtype == torch.float32 and max_rel_err(y, y_ref) < 1e-5
 
 
-@pytest.mark.parametrize('segments', [1, 2])
+@pytest.mark.parametrize('segments', [1, 3])
 def test_selective_scan_kernel_writes_mamba_chunk_states(segments):
     """For training the forward also writes mamba-ssm's ``x``: (1, h) at the end of every
-    2048-step chunk, the last one partial; mamba-ssm's backward reads h from it."""
+    2048-step chunk, the last one partial; mamba-ssm's backward reads h from it. Three segments
+    of 1536 steps: chunk ends fall inside segments."""
     length = 4200
     inputs = scan_inputs(1, 8, 4, length, True, batch=1, seed=1)
     y, chunks = selective_scan_triton(

@@ -102,8 +102,9 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, SEG_H, SE
     u_ptr, delta_ptr, y_ptr = U + row * L, DELTA + row * L, Y + row * L
     b_ptr = BM + b * sbb + g * sbg + n * sbn
     c_ptr = CM + b * scb + g * scg + n * scn
-    for c0 in range(t_start, t_end, CHUNK):
-        c_stop = tl.minimum(c0 + CHUNK, t_end)
+    c0 = t_start
+    while c0 < t_end:  # pieces between mamba-ssm's chunk ends (segments need not align)
+        c_stop = tl.minimum((c0 // CHUNK + 1) * CHUNK, t_end)
         u4, dt4, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, c0, c_stop, nmask,
                                       SOFTPLUS)
         for t0 in range(c0, c_stop, 4):
@@ -127,9 +128,12 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, SEG_H, SE
             if WRITE_SEG:
                 dt_sum += tl.sum(dt_cur, 1)
         if WRITE_CHUNKS:
-            chunk_offs = ((row[:, None] * n_chunks + c0 // CHUNK) * N + n[None, :]) * 2
-            tl.store(CHUNK_H + chunk_offs, tl.full([BD, NP], 1.0, tl.float32), mask=state_mask)
-            tl.store(CHUNK_H + chunk_offs + 1, h, mask=state_mask)
+            if (c_stop % CHUNK == 0) | (c_stop == L):  # a chunk ends here
+                chunk_offs = ((row[:, None] * n_chunks + c0 // CHUNK) * N + n[None, :]) * 2
+                tl.store(CHUNK_H + chunk_offs, tl.full([BD, NP], 1.0, tl.float32),
+                         mask=state_mask)
+                tl.store(CHUNK_H + chunk_offs + 1, h, mask=state_mask)
+        c0 = c_stop
     if WRITE_SEG:
         tl.store(SEG_H + seg_offs, h, mask=state_mask)
         tl.store(SEG_P + seg_offs, tl.exp2(dt_sum[:, None] * A2), mask=state_mask)
@@ -151,7 +155,7 @@ def _combine_segments_kernel(SEG_H, SEG_P, H0, total, n_seg, N, BLOCK: tl.conste
 
 # Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, unrolled
 # steps, and the programs wanted before the sequence is cut into segments.
-MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 1, 264
+MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 2, 264
 
 
 def block_channels(cpg):
@@ -164,7 +168,7 @@ def block_channels(cpg):
 
 def segmentation(programs, length, align, segments=None):
     """(number of segments, steps per segment): enough programs to fill the GPU; segments are
-    whole multiples of ``align`` steps."""
+    whole multiples of ``align`` steps (a multiple of the kernel's four steps)."""
     if segments is None:
         segments = max(1, min(-(-WANTED_PROGRAMS // programs), length // align))
     seg_len = -(-(-(-length // segments)) // align) * align
@@ -182,8 +186,7 @@ def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, save_chunks=False, segm
     bd = block_channels(cpg)
     rows = batch * channels
     n_chunks = -(-length // MAMBA_CHUNK)
-    n_seg, seg_len = segmentation(rows // bd, length, MAMBA_CHUNK if save_chunks else 256,
-                                  segments)
+    n_seg, seg_len = segmentation(rows // bd, length, 256, segments)
     grid = (channels // bd, batch, n_seg)
     y = torch.empty_like(u)
     chunk_h = u.new_empty(batch, channels, n_chunks, 2 * n_state, dtype=torch.float32) \
