@@ -167,7 +167,7 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
 SCAN_CASES = {  # groups, channels per group, states, steps, segments, softplus + bias + D
     'grouped': (2, 8, 3, 150, 1, True),
     'grouped, 3 segments': (2, 8, 3, 700, 3, True),
-    'one group, 16 states, bare': (1, 4, 16, 70, 1, False),
+    'one group, 16 states, bare': (1, 4, 16, 71, 1, False),
 }
 
 
@@ -191,15 +191,21 @@ def scan_inputs(groups, cpg, n_state, length, full, batch=2, seed=0):
 
 @pytest.mark.parametrize('case', list(SCAN_CASES))
 def test_selective_scan_kernel_matches_torch(case):
-    """The Triton forward against the exact scan in fp64: state count padded to a power of two,
-    segments joined by the carry pass, grouped or single-group B and C, softplus, bias and D on
-    or off."""
+    """The Triton forward and backward against the exact scan in fp64: partial last groups of
+    4 and 16 steps, state count padded to a power of two, forward segments joined by the carry
+    pass, grouped or single-group B and C, softplus, bias and D on or off."""
     groups, cpg, n_state, length, segments, full = SCAN_CASES[case]
     inputs = scan_inputs(groups, cpg, n_state, length, full)
-    y_ref = selective_scan_ref(**inputs, delta_softplus=full)
-    y = selective_scan_triton(**{k: v.to(DEVICE, torch.float32) for k, v in inputs.items()},
-                              delta_softplus=full, segments=segments)
+    ref_in = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y_ref = selective_scan_ref(**ref_in, delta_softplus=full)
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1), dtype=y_ref.dtype)
+    grads_ref = torch.autograd.grad(y_ref, list(ref_in.values()), dy)
+    ins = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in inputs.items()}
+    y = selective_scan_triton(**ins, delta_softplus=full, segments=segments)
+    grads = torch.autograd.grad(y, list(ins.values()), dy.to(y))
     assert y.dtype == torch.float32 and max_rel_err(y, y_ref) < 1e-5
+    for name, grad, ref in zip(ins, grads, grads_ref):
+        assert grad.shape == ref.shape and max_rel_err(grad, ref) < 1e-5, name
 
 
 @pytest.mark.parametrize('segments', [1, 3])
@@ -221,8 +227,9 @@ def test_selective_scan_kernel_writes_mamba_chunk_states(segments):
 
 
 def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
-    """selective_scan_fn takes the Triton scan for variable B, C without a gate (what the three
-    backbones pass), and keeps the CUDA kernel / exact path for the rest."""
+    """selective_scan_fn takes the Triton scan for variable B, C without a gate (DefMamba's
+    scans), and keeps the CUDA kernel / exact path for the rest (the one-state scans of
+    Spatial-Mamba and DAMamba included)."""
     monkeypatch.setattr(selective_scan_module, 'use_triton', lambda x: True)
     u, B3, B4 = torch.zeros(1, 8, 5), torch.zeros(1, 4, 5), torch.zeros(1, 2, 4, 5)
     assert triton_scan_supported(u, B3, B3, None, False)
@@ -231,6 +238,7 @@ def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
     assert not triton_scan_supported(u, B4, B4, None, True)  # the last state
     assert not triton_scan_supported(u, torch.zeros(8, 4), B3, None, False)  # constant B
     assert not triton_scan_supported(u, torch.zeros(1, 4, 4, 5), B3, None, False)  # 2 per group
+    assert not triton_scan_supported(u, torch.zeros(1, 2, 1, 5), B3, None, False)  # 1 state
     monkeypatch.setenv('MMDEFSCAN_TRITON_SCAN', '0')
     assert not triton_scan_supported(u, B4, B4, None, False)
 

@@ -51,12 +51,16 @@ def main():
         compile_for_sm90(layer_norm_triton._ln_bwd_kernel, flags, 'LN',
                          activations=('X', 'DY', 'DX'))
     scan = selective_scan_triton
-    flags = dict(NP=16, BD=scan.MAX_BD, CHUNK=scan.MAMBA_CHUNK, HAS_D=True,
-                 HAS_BIAS=True, SOFTPLUS=True)
-    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_SEG=True),
-                    dict(HAS_H0=True, WRITE_Y=True, WRITE_CHUNKS=True, WRITE_SEG=False)):
-        compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, **variant), 'LN',
+    flags = dict(NP=16, BD=scan.MAX_BD, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
+    steps = dict(CHUNK=scan.MAMBA_CHUNK, CKPT=scan.CKPT)
+    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_CKPT=False,
+                         WRITE_SEG=True),
+                    dict(HAS_H0=True, WRITE_Y=True, WRITE_CHUNKS=True, WRITE_CKPT=True,
+                         WRITE_SEG=False)):
+        compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, **steps, **variant), 'LN',
                          activations=('U', 'DELTA', 'BM', 'CM', 'Y'))
+    compile_for_sm90(scan._scan_bwd_kernel, flags, 'LN',
+                     activations=('U', 'DELTA', 'BM', 'CM', 'DY', 'DU', 'DDELTA'))
     compile_for_sm90(scan._combine_segments_kernel, dict(BLOCK=256), 'N')
 
 if __name__ == '__main__':

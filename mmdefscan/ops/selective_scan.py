@@ -277,39 +277,67 @@ class _ScanTritonForward(torch.autograd.Function):
                 ddelta_bias if delta_bias is not None else None, None)
 
 
+class _ScanTriton(torch.autograd.Function):
+    """The Triton forward and backward; the backward recomputes the states (inputs kept only)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, segments):
+        from .kernels.selective_scan_triton import scan_fwd
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments)[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        from .kernels.selective_scan_triton import scan_bwd
+        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, ctx.delta_softplus)
+        return (*grads, None, None)
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
                           segments=None, save_chunks=False):
-    """The Triton forward (no autograd) with :func:`selective_scan_fn`'s arguments, for variable
-    B, C of shape (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them.
-    Returns y, or (y, mamba-ssm's chunk states) with ``save_chunks``; ``segments`` fixes the
-    number of time segments (tests; by default enough to fill the GPU)."""
+    """The Triton scan with :func:`selective_scan_fn`'s arguments, for variable B, C of shape
+    (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable
+    (Triton backward, without time segments). With ``save_chunks`` forward only, returning
+    (y, mamba-ssm's chunk states). ``segments`` fixes the forward's number of time segments
+    (tests; by default enough to fill the GPU)."""
     from .kernels.selective_scan_triton import scan_fwd
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     unit_steps = lambda t: t.to(io) if t.stride(-1) == 1 else t.to(io).contiguous()  # noqa: E731
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    y, chunk_states = scan_fwd(u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A),
-                               unit_steps(B), unit_steps(C), fp32(D), fp32(delta_bias),
-                               delta_softplus, save_chunks, segments)
-    return (y, chunk_states) if save_chunks else y
+    args = (u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A), unit_steps(B),
+            unit_steps(C), fp32(D), fp32(delta_bias), delta_softplus)
+    if save_chunks:
+        return scan_fwd(*args, save_chunks=True, segments=segments)
+    return _ScanTriton.apply(*args, segments)
+
+
+def triton_backward_fits(u, B) -> bool:
+    """Whether batch x channel blocks give the Triton backward (no time segments) enough
+    programs; long sequences of few images (detection) train with mamba-ssm's backward."""
+    from .kernels.selective_scan_triton import backward_fits
+    return backward_fits(u, B)
 
 
 def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
     """Whether the Triton forward covers this call: CUDA with Triton on (``MMDEFSCAN_TRITON`` and
     ``MMDEFSCAN_TRITON_SCAN`` not 0), variable B and C, no gate, no last state, channel groups
-    of a multiple of 4 and at most 64 states."""
+    of a multiple of 4 and 2 to 64 states. The one-state scans of Spatial-Mamba's and DAMamba's
+    state fusion (``selective_scan_states``) stay on mamba-ssm's kernel: not measured yet."""
     if z is not None or return_last_state or B.dim() < 3 or C.dim() < 3 \
             or os.environ.get('MMDEFSCAN_TRITON_SCAN', '1') == '0' or not use_triton(u):
         return False
     groups = 1 if B.dim() == 3 else B.shape[1]
-    return u.shape[1] % (4 * groups) == 0 and B.shape[-2] <= 64
+    return u.shape[1] % (4 * groups) == 0 and 2 <= B.shape[-2] <= 64
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
     """Selective scan with mamba-ssm's signature. On CUDA where :func:`triton_scan_supported`:
-    the Triton forward, and for training mamba-ssm's backward kernel on its chunk states; else
+    the Triton forward, and for training the Triton backward where it has enough programs,
+    else mamba-ssm's backward kernel on chunk states the Triton forward writes; otherwise
     mamba-ssm's kernel when available; else (and on CPU) the exact torch scan.
 
     Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.
@@ -317,8 +345,9 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     with torch.autocast(u.device.type, enabled=False):
         if u.is_cuda and u.dtype != torch.float64:
             triton = triton_scan_supported(u, B, C, z, return_last_state)
-            if triton and not (torch.is_grad_enabled() and any(
-                    t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))):
+            grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+            if triton and (not grad or triton_backward_fits(u, B)):
                 return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
             if _load_kernel():
                 return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,

@@ -69,7 +69,7 @@ def rel_err(a, b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--configs', nargs='+', default=['32x1x264', '16x1x264', '32x2x264',
+    parser.add_argument('--configs', nargs='+', default=['32x2x264', '32x1x264', '16x1x264',
                                                          '16x1x528', '32x1x1056'])
     parser.add_argument('--cases', nargs='*', help='substrings of the case names to run')
     opts = parser.parse_args()

@@ -51,32 +51,32 @@ def _step(h, dt, dtu, A2, Bt, Ct):
 @triton.jit
 def _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, t_stop, nmask,
                 SOFTPLUS: tl.constexpr):
-    """Four steps from t0, float32: u, dt (0 past t_stop: the state passes unchanged), each
-    (BD, 4); B and C (NP, 4)."""
+    """Four steps from t0, float32: u, dt (0 past t_stop: the state passes unchanged) and
+    delta + bias, each (BD, 4); B and C (NP, 4)."""
     t = t0 + tl.arange(0, 4)
     tmask = (t < t_stop)[None, :]
     u = tl.load(u_ptr[:, None] + t[None, :], mask=tmask, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr[:, None] + t[None, :], mask=tmask, other=0.0).to(tl.float32)
-    dt += bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(tmask, dt, 0.0)
+    raw = tl.load(delta_ptr[:, None] + t[None, :], mask=tmask, other=0.0).to(tl.float32)
+    raw += bias[:, None]
+    dt = tl.where(tmask, _softplus(raw) if SOFTPLUS else raw, 0.0)
     bc_mask = nmask[:, None] & tmask
     Bt = tl.load(b_ptr[:, None] + t[None, :], mask=bc_mask, other=0.0).to(tl.float32)
     Ct = tl.load(c_ptr[:, None] + t[None, :], mask=bc_mask, other=0.0).to(tl.float32)
-    return u, dt, Bt, Ct
+    return u, dt, raw, Bt, Ct
 
 
 @triton.jit
-def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, SEG_H, SEG_P,
-                     L, channels, cpg, seg_len, n_chunks, n_seg, N,
+def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, CKPT_H, SEG_H, SEG_P,
+                     L, channels, cpg, seg_len, n_chunks, n_ckpt, n_seg, N,
                      sbb, sbg, sbn, scb, scg, scn,
                      NP: tl.constexpr, BD: tl.constexpr, CHUNK: tl.constexpr,
-                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     CKPT: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr,
-                     WRITE_CHUNKS: tl.constexpr, WRITE_SEG: tl.constexpr):
+                     WRITE_CHUNKS: tl.constexpr, WRITE_CKPT: tl.constexpr,
+                     WRITE_SEG: tl.constexpr):
     """One segment of BD channels (grid: channel blocks, batch, segments). WRITE_Y: y and, with
     WRITE_CHUNKS, the state after every CHUNK steps (rows, n_chunks, N, 2) as (1, h).
+    WRITE_CKPT: the state before every CKPT steps (rows, n_ckpt, N), for the Triton backward.
     WRITE_SEG: the segment's end state from H0 (or zero) and its decay exp(A sum dt),
     (rows, n_seg, N) each. Steps go four at a time: one load and one store per four steps,
     and the next four are loaded before the current ones are computed."""
@@ -105,12 +105,16 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, SEG_H, SE
     c0 = t_start
     while c0 < t_end:  # pieces between mamba-ssm's chunk ends (segments need not align)
         c_stop = tl.minimum((c0 // CHUNK + 1) * CHUNK, t_end)
-        u4, dt4, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, c0, c_stop, nmask,
-                                      SOFTPLUS)
+        u4, dt4, _, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, c0, c_stop,
+                                         nmask, SOFTPLUS)
         for t0 in range(c0, c_stop, 4):
             u_cur, dt_cur, B_cur, C_cur = u4, dt4, B4, C4
-            u4, dt4, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0 + 4, c_stop,
-                                          nmask, SOFTPLUS)
+            u4, dt4, _, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0 + 4,
+                                             c_stop, nmask, SOFTPLUS)
+            if WRITE_CKPT:
+                if t0 % CKPT == 0:  # the state before every CKPT steps, for the backward
+                    tl.store(CKPT_H + (row[:, None] * n_ckpt + t0 // CKPT) * N + n[None, :], h,
+                             mask=state_mask)
             dt0, dt1, dt2, dt3 = _columns(dt_cur, BD)
             dtu0, dtu1, dtu2, dtu3 = _columns(dt_cur * u_cur, BD)
             B0, B1, B2, B3 = _columns(B_cur, NP)
@@ -153,9 +157,135 @@ def _combine_segments_kernel(SEG_H, SEG_P, H0, total, n_seg, N, BLOCK: tl.conste
                  + tl.load(SEG_H + base + s * N, mask=mask, other=0.0))
 
 
-# Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, unrolled
-# steps, and the programs wanted before the sequence is cut into segments.
-MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 2, 264
+@triton.jit
+def _columns_join(c0, c1, c2, c3, R: tl.constexpr):
+    """Four columns (R,) -> (R, 4); the inverse of :func:`_columns`."""
+    return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [R, 4])
+
+
+@triton.jit
+def _advance(h, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, L, nmask, A2,
+             BD: tl.constexpr, NP: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The state after the four steps from t0."""
+    u, dt, _, Bt, _ = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, L, nmask, SOFTPLUS)
+    dt0, dt1, dt2, dt3 = _columns(dt, BD)
+    dtu0, dtu1, dtu2, dtu3 = _columns(dt * u, BD)
+    B0, B1, B2, B3 = _columns(Bt, NP)
+    h = tl.exp2(dt0[:, None] * A2) * h + dtu0[:, None] * B0[None, :]
+    h = tl.exp2(dt1[:, None] * A2) * h + dtu1[:, None] * B1[None, :]
+    h = tl.exp2(dt2[:, None] * A2) * h + dtu2[:, None] * B2[None, :]
+    return tl.exp2(dt3[:, None] * A2) * h + dtu3[:, None] * B3[None, :]
+
+
+@triton.jit
+def _adjoint_step(h, lam, a_next, dt, dtu, u, raw, dy, a_coef, A2, Bt, Ct, d_skip,
+                  SOFTPLUS: tl.constexpr):
+    """Step t of the reverse pass, from the state h_t after it and the adjoint carried from t+1
+    (lam_{t+1} and a_{t+1}). Returns lam_t, a_t, du_t, d delta_t (BD,), the dA term (BD, NP) and
+    the block's dB_t, dC_t (NP,)."""
+    lam = Ct[None, :] * dy[:, None] + a_next * lam
+    lam_b = tl.sum(lam * Bt[None, :], 1)
+    dlog_a = lam * (h - dtu[:, None] * Bt[None, :])  # lam_t a_t h_{t-1}
+    ddt = u * lam_b + tl.sum(dlog_a * a_coef, 1)
+    if SOFTPLUS:
+        ddt = tl.where(raw <= 20.0, ddt * tl.sigmoid(raw), ddt)
+    return (lam, tl.exp2(dt[:, None] * A2), dt * lam_b + d_skip * dy, ddt,
+            dlog_a * dt[:, None], tl.sum(lam * dtu[:, None], 0), tl.sum(h * dy[:, None], 0))
+
+
+@triton.jit
+def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, DB_PART, DC_PART,
+                     DA_PART, DD_PART, DBIAS_PART, L, channels, cpg, n_ckpt, N, batch, groups,
+                     sbb, sbg, sbn, scb, scg, scn,
+                     NP: tl.constexpr, BD: tl.constexpr, HAS_D: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Reverse pass over the whole sequence of BD channels (grid: channel blocks, batch), in
+    blocks of 16 steps from the stored state before each block: the states before its four
+    groups of four are recomputed, then each group's states, and the adjoint
+    lam_t = C_t dy_t + a_{t+1} lam_{t+1} runs back through them. Writes du, d delta (rows, L);
+    dB, dC summed over the block's channels (cpg / BD, batch, groups, N, L); dA, dD and
+    d delta_bias summed over time (batch, channels[, N])."""
+    block, b = tl.program_id(0), tl.program_id(1)
+    ch = block * BD + tl.arange(0, BD)
+    n = tl.arange(0, NP)
+    nmask = n < N
+    g = (block * BD) // cpg
+    row = b * channels + ch
+    a_coef = tl.load(A + ch[:, None] * N + n[None, :], mask=nmask[None, :], other=0.0)
+    A2 = a_coef * 1.4426950408889634
+    bias = tl.load(BIAS + ch) if HAS_BIAS else tl.zeros([BD], tl.float32)
+    d_skip = tl.load(DSKIP + ch) if HAS_D else tl.zeros([BD], tl.float32)
+    state_mask = nmask[None, :]
+    u_ptr, delta_ptr = U + row * L, DELTA + row * L
+    b_ptr = BM + b * sbb + g * sbg + n * sbn
+    c_ptr = CM + b * scb + g * scg + n * scn
+    part = ((block - g * (cpg // BD)) * batch + b) * groups + g
+    part_ptr = (part * N + n) * L  # (NP,) rows of this block's dB / dC parts
+    lam = tl.zeros([BD, NP], tl.float32)
+    a_next = tl.zeros([BD, NP], tl.float32)  # lam after the last step is 0: any value
+    dA = tl.zeros([BD, NP], tl.float32)
+    dD = tl.zeros([BD], tl.float32)
+    dbias = tl.zeros([BD], tl.float32)
+    for i in range(n_ckpt):
+        t16 = (n_ckpt - 1 - i) * 16
+        h0 = tl.load(CKPT_H + (row[:, None] * n_ckpt + t16 // 16) * N + n[None, :],
+                     mask=state_mask, other=0.0)
+        h4 = _advance(h0, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t16, L, nmask, A2, BD, NP,
+                      SOFTPLUS)
+        h8 = _advance(h4, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t16 + 4, L, nmask, A2, BD, NP,
+                      SOFTPLUS)
+        h12 = _advance(h8, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t16 + 8, L, nmask, A2, BD, NP,
+                       SOFTPLUS)
+        for j in tl.static_range(4):
+            t0 = t16 + 12 - 4 * j
+            h = h12 if j == 0 else (h8 if j == 1 else (h4 if j == 2 else h0))
+            u, dt, raw, Bt, Ct = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, L, nmask,
+                                             SOFTPLUS)
+            t = t0 + tl.arange(0, 4)
+            tmask = (t < L)[None, :]
+            dy = tl.load(DY + row[:, None] * L + t[None, :], mask=tmask, other=0.0)
+            dy = dy.to(tl.float32)
+            u0, u1, u2, u3 = _columns(u, BD)
+            dt0, dt1, dt2, dt3 = _columns(dt, BD)
+            dtu0, dtu1, dtu2, dtu3 = _columns(dt * u, BD)
+            r0, r1, r2, r3 = _columns(raw, BD)
+            dy0, dy1, dy2, dy3 = _columns(dy, BD)
+            B0, B1, B2, B3 = _columns(Bt, NP)
+            C0, C1, C2, C3 = _columns(Ct, NP)
+            h1 = tl.exp2(dt0[:, None] * A2) * h + dtu0[:, None] * B0[None, :]
+            h2 = tl.exp2(dt1[:, None] * A2) * h1 + dtu1[:, None] * B1[None, :]
+            h3 = tl.exp2(dt2[:, None] * A2) * h2 + dtu2[:, None] * B2[None, :]
+            h4_ = tl.exp2(dt3[:, None] * A2) * h3 + dtu3[:, None] * B3[None, :]
+            lam, a_next, du3, dd3, da3, db3, dc3 = _adjoint_step(
+                h4_, lam, a_next, dt3, dtu3, u3, r3, dy3, a_coef, A2, B3, C3, d_skip, SOFTPLUS)
+            lam, a_next, du2, dd2, da2, db2, dc2 = _adjoint_step(
+                h3, lam, a_next, dt2, dtu2, u2, r2, dy2, a_coef, A2, B2, C2, d_skip, SOFTPLUS)
+            lam, a_next, du1, dd1, da1, db1, dc1 = _adjoint_step(
+                h2, lam, a_next, dt1, dtu1, u1, r1, dy1, a_coef, A2, B1, C1, d_skip, SOFTPLUS)
+            lam, a_next, du0, dd0, da0, db0, dc0 = _adjoint_step(
+                h1, lam, a_next, dt0, dtu0, u0, r0, dy0, a_coef, A2, B0, C0, d_skip, SOFTPLUS)
+            ddelta = tl.where(tmask, _columns_join(dd0, dd1, dd2, dd3, BD), 0.0)
+            offs = row[:, None] * L + t[None, :]
+            tl.store(DU + offs, _columns_join(du0, du1, du2, du3, BD).to(DU.dtype.element_ty),
+                     mask=tmask)
+            tl.store(DDELTA + offs, ddelta.to(DDELTA.dtype.element_ty), mask=tmask)
+            bc_offs = part_ptr[:, None] + t[None, :]
+            bc_mask = nmask[:, None] & tmask
+            tl.store(DB_PART + bc_offs, _columns_join(db0, db1, db2, db3, NP), mask=bc_mask)
+            tl.store(DC_PART + bc_offs, _columns_join(dc0, dc1, dc2, dc3, NP), mask=bc_mask)
+            dA += da0 + da1 + da2 + da3
+            dD += tl.sum(dy * u, 1)
+            dbias += tl.sum(ddelta, 1)
+    tl.store(DA_PART + (b * channels + ch[:, None]) * N + n[None, :], dA, mask=state_mask)
+    tl.store(DD_PART + b * channels + ch, dD)
+    tl.store(DBIAS_PART + b * channels + ch, dbias)
+
+
+# Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, and the
+# programs wanted before the forward cuts the sequence into segments (the backward has no
+# segments: it runs where batch x channel blocks reach MIN_BWD_PROGRAMS, else mamba-ssm's does).
+MAX_BD, NUM_WARPS, WANTED_PROGRAMS, MIN_BWD_PROGRAMS = 32, 2, 264, 264
+CKPT = 16  # steps between the states the backward starts from
 
 
 def block_channels(cpg):
@@ -166,13 +296,68 @@ def block_channels(cpg):
     return bd
 
 
+def backward_fits(u, B):
+    """Whether the Triton backward has enough programs for this call (no time segments)."""
+    batch, channels = u.shape[:2]
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    return batch * channels // block_channels(channels // groups) >= MIN_BWD_PROGRAMS
+
+
 def segmentation(programs, length, align, segments=None):
     """(number of segments, steps per segment): enough programs to fill the GPU; segments are
-    whole multiples of ``align`` steps (a multiple of the kernel's four steps)."""
+    whole multiples of ``align`` steps (a multiple of the checkpoint spacing)."""
     if segments is None:
         segments = max(1, min(-(-WANTED_PROGRAMS // programs), length // align))
     seg_len = -(-(-(-length // segments)) // align) * align
     return -(-length // seg_len), seg_len
+
+
+class _Call:
+    """Shapes, strides and launch settings of one scan call, shared by its kernels."""
+
+    def __init__(self, u, A, B, D, delta_bias, softplus, segments):
+        self.batch, self.channels, self.length = u.shape
+        self.groups, self.n_state = B.shape[1], A.shape[1]
+        self.cpg = self.channels // self.groups
+        self.bd = block_channels(self.cpg)
+        self.rows = self.batch * self.channels
+        self.n_chunks = -(-self.length // MAMBA_CHUNK)
+        self.n_ckpt = -(-self.length // CKPT)
+        self.n_seg, self.seg_len = segmentation(self.rows // self.bd, self.length, 256, segments)
+        self.meta = dict(NP=triton.next_power_of_2(self.n_state), BD=self.bd,
+                         HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+                         num_warps=NUM_WARPS)
+
+    def f32(self, *shape, device):
+        return torch.empty(*shape, device=device, dtype=torch.float32)
+
+
+def _forward_passes(call, u, delta, A, B, C, D, bias, y=None, chunk_h=None, ckpt_h=None):
+    """The forward kernel: y, mamba-ssm's chunk states and / or the backward's checkpoints; with
+    segments first their end states and the state entering each (combine kernel)."""
+    none = u  # placeholder for the pointers a variant does not touch
+    D, bias = (none if t is None else t for t in (D, bias))
+    args = (u, delta, A, B, C, D, bias)
+    sizes = (call.length, call.channels, call.cpg, call.seg_len, call.n_chunks, call.n_ckpt,
+             call.n_seg, call.n_state, *B.stride()[:3], *C.stride()[:3])
+    meta = dict(call.meta, CHUNK=MAMBA_CHUNK, CKPT=CKPT)
+    grid = (call.channels // call.bd, call.batch, call.n_seg)
+    h0 = None
+    if call.n_seg > 1:
+        seg_h = call.f32(call.rows, call.n_seg, call.n_state, device=u.device)
+        seg_p = torch.empty_like(seg_h)
+        _scan_fwd_kernel[grid](*args, none, none, none, none, seg_h, seg_p, *sizes,
+                               HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_CKPT=False,
+                               WRITE_SEG=True, **meta)
+        h0 = torch.empty_like(seg_h)
+        total = call.rows * call.n_state
+        _combine_segments_kernel[(triton.cdiv(total, 256),)](seg_h, seg_p, h0, total,
+                                                             call.n_seg, call.n_state, BLOCK=256)
+    pick = lambda t: none if t is None else t  # noqa: E731
+    _scan_fwd_kernel[grid](*args, pick(y), pick(h0), pick(chunk_h), pick(ckpt_h), none, none,
+                           *sizes, HAS_H0=h0 is not None, WRITE_Y=y is not None,
+                           WRITE_CHUNKS=chunk_h is not None, WRITE_CKPT=ckpt_h is not None,
+                           WRITE_SEG=False, **meta)
 
 
 def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, save_chunks=False, segments=None):
@@ -180,37 +365,34 @@ def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, save_chunks=False, segm
     step stride; D, delta_bias (channels,) float32 or None. Returns y (b, channels, L) in u's
     dtype and, with ``save_chunks``, mamba-ssm's ``x`` (b, channels, chunks, 2N) float32.
     ``segments`` overrides the automatic time split (tests)."""
-    batch, channels, length = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
-    cpg = channels // groups
-    bd = block_channels(cpg)
-    rows = batch * channels
-    n_chunks = -(-length // MAMBA_CHUNK)
-    n_seg, seg_len = segmentation(rows // bd, length, 256, segments)
-    grid = (channels // bd, batch, n_seg)
+    call = _Call(u, A, B, D, delta_bias, softplus, segments)
     y = torch.empty_like(u)
-    chunk_h = u.new_empty(batch, channels, n_chunks, 2 * n_state, dtype=torch.float32) \
-        if save_chunks else None
-    none = u  # placeholder for the pointers a variant does not touch
-    D, delta_bias = (none if t is None else t for t in (D, delta_bias))
-    args = (u, delta, A, B, C, D, delta_bias)
-    sizes = (length, channels, cpg, seg_len, n_chunks, n_seg, n_state, *B.stride()[:3],
-             *C.stride()[:3])
-    meta = dict(NP=triton.next_power_of_2(n_state), BD=bd, CHUNK=MAMBA_CHUNK,
-                HAS_D=D is not none, HAS_BIAS=delta_bias is not none, SOFTPLUS=softplus,
-                num_warps=NUM_WARPS)
-    h0 = None
-    if n_seg > 1:  # segment ends from zero states, then the state entering every segment
-        seg_h = torch.empty(rows, n_seg, n_state, device=u.device, dtype=torch.float32)
-        seg_p = torch.empty_like(seg_h)
-        _scan_fwd_kernel[grid](*args, none, none, none, seg_h, seg_p, *sizes, HAS_H0=False,
-                               WRITE_Y=False, WRITE_CHUNKS=False, WRITE_SEG=True, **meta)
-        h0 = torch.empty_like(seg_h)
-        total = rows * n_state
-        _combine_segments_kernel[(triton.cdiv(total, 256),)](seg_h, seg_p, h0, total, n_seg,
-                                                             n_state, BLOCK=256)
-    _scan_fwd_kernel[grid](*args, y, none if h0 is None else h0,
-                           none if chunk_h is None else chunk_h, none, none, *sizes,
-                           HAS_H0=h0 is not None, WRITE_Y=True, WRITE_CHUNKS=save_chunks,
-                           WRITE_SEG=False, **meta)
+    chunk_h = call.f32(call.batch, call.channels, call.n_chunks, 2 * call.n_state,
+                       device=u.device) if save_chunks else None
+    _forward_passes(call, u, delta, A, B, C, D, delta_bias, y=y, chunk_h=chunk_h)
     return y, chunk_h
+
+
+def scan_bwd(dy, u, delta, A, B, C, D, delta_bias, softplus, segments=None):
+    """Gradients of :func:`scan_fwd` (dy contiguous like u) -> du, d delta (u's dtype), dA
+    (float32), dB, dC (B's and C's dtype, contiguous), dD, d delta_bias (float32, or None where
+    the input was None). The states are recomputed: a forward pass stores one every 16 steps."""
+    call = _Call(u, A, B, D, delta_bias, softplus, segments)
+    dev = u.device
+    ckpt_h = call.f32(call.rows, call.n_ckpt, call.n_state, device=dev)
+    _forward_passes(call, u, delta, A, B, C, D, delta_bias, ckpt_h=ckpt_h)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    parts = (call.cpg // call.bd, call.batch, call.groups, call.n_state, call.length)
+    db_part, dc_part = call.f32(*parts, device=dev), call.f32(*parts, device=dev)
+    da_part = call.f32(call.batch, call.channels, call.n_state, device=dev)
+    dd_part = call.f32(call.batch, call.channels, device=dev)
+    dbias_part = torch.empty_like(dd_part)
+    none = u
+    _scan_bwd_kernel[(call.channels // call.bd, call.batch)](
+        u, delta, A, B, C, none if D is None else D, none if delta_bias is None else delta_bias,
+        dy, ckpt_h, du, ddelta, db_part, dc_part, da_part, dd_part, dbias_part, call.length,
+        call.channels, call.cpg, call.n_ckpt, call.n_state, call.batch, call.groups,
+        *B.stride()[:3], *C.stride()[:3], **call.meta)
+    return (du, ddelta, da_part.sum(0), db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype),
+            dd_part.sum(0) if D is not None else None,
+            dbias_part.sum(0) if delta_bias is not None else None)
