@@ -203,9 +203,9 @@ def test_selective_scan_kernel_matches_torch(case):
     ins = {k: v.to(DEVICE, torch.float32).requires_grad_() for k, v in inputs.items()}
     y = selective_scan_triton(**ins, delta_softplus=full, segments=segments)
     grads = torch.autograd.grad(y, list(ins.values()), dy.to(y))
-    assert y.dtype == torch.float32 and max_rel_err(y, y_ref) < 1e-5
+    assert y.dtype == torch.float32 and max_rel_err(y.cpu(), y_ref) < 1e-5
     for name, grad, ref in zip(ins, grads, grads_ref):
-        assert grad.shape == ref.shape and max_rel_err(grad, ref) < 1e-5, name
+        assert grad.shape == ref.shape and max_rel_err(grad.cpu(), ref) < 1e-5, name
 
 
 @pytest.mark.parametrize('segments', [1, 3])
@@ -218,12 +218,12 @@ def test_selective_scan_kernel_writes_mamba_chunk_states(segments):
     y, chunks = selective_scan_triton(
         **{k: v.to(DEVICE, torch.float32) for k, v in inputs.items()}, delta_softplus=True,
         segments=segments, save_chunks=True)
-    assert chunks.shape == (1, 8, 3, 8) and bool((chunks[..., 0::2] == 1).all())
+    assert chunks.shape == (1, 8, 3, 8) and bool((chunks[..., 0::2] == 1).all().cpu())
     for chunk, end in enumerate((2048, 4096, length)):
         cut = {k: v[..., :end] if k in 'u delta B C' else v for k, v in inputs.items()}
         _, state = selective_scan_ref(**cut, delta_softplus=True, return_last_state=True)
-        assert max_rel_err(chunks[:, :, chunk, 1::2], state) < 1e-5, chunk
-    assert max_rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
+        assert max_rel_err(chunks[:, :, chunk, 1::2].cpu(), state) < 1e-5, chunk
+    assert max_rel_err(y.cpu(), selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
 
 
 def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):

@@ -1,12 +1,14 @@
-"""Time the Triton selective-scan forward against mamba-ssm's CUDA kernel on DefMamba's shapes.
+"""Time the Triton selective scan against mamba-ssm's CUDA kernel on DefMamba's shapes.
 
-    python tools/analysis/bench_scan.py [--configs 32x1x264 16x1x528 ...] [--cases infer maskrcnn]
+    python tools/analysis/bench_scan.py [--configs 32x2x264 16x1x528 ...] [--cases infer maskrcnn]
 
 Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, training batch 64
 bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
-per program x warps x programs wanted before the sequence is cut into segments): forward (no grad) and forward+backward milliseconds (Triton forward + mamba-ssm's
-backward against mamba-ssm's both), CUDA events, median of 10 after warm-up, and the largest
-relative difference to the CUDA kernel's output and gradients. A markdown table at the end.
+per program x warps x programs wanted before the forward cuts the sequence into segments):
+forward (no grad) and forward+backward milliseconds of the Triton path (as
+``selective_scan_fn`` routes it: Triton backward from ``MIN_BWD_PROGRAMS`` programs, else
+mamba-ssm's) against mamba-ssm's kernel, CUDA events, median of 10 after warm-up, and the
+largest relative difference to the CUDA kernel's output and gradients. A markdown table last.
 """
 import argparse
 import os

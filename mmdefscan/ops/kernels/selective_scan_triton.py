@@ -282,9 +282,11 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, D
 
 
 # Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, and the
-# programs wanted before the forward cuts the sequence into segments (the backward has no
-# segments: it runs where batch x channel blocks reach MIN_BWD_PROGRAMS, else mamba-ssm's does).
-MAX_BD, NUM_WARPS, WANTED_PROGRAMS, MIN_BWD_PROGRAMS = 32, 2, 264, 264
+# programs wanted before the forward cuts the sequence into segments. The backward (no
+# segments) is latency-bound per step: it beat mamba-ssm's backward only with many programs
+# on short sequences (DefMamba-S stage 3, 4608 programs: 1.36 vs 2.37 ms fwd+bwd) and lost
+# from 2304 programs down (stage 2: 2.18 vs 1.92 ms), so it runs from MIN_BWD_PROGRAMS up.
+MAX_BD, NUM_WARPS, WANTED_PROGRAMS, MIN_BWD_PROGRAMS = 32, 2, 264, 4096
 CKPT = 16  # steps between the states the backward starts from
 
 
