@@ -7,12 +7,15 @@ For batch b, channel d, state n and time t (h_{-1} = 0), with channel d in group
     h_t = e^{\Delta_t A_{d,n}} h_{t-1} + \Delta_t B_{g,n,t} u_t,\quad
     y_t = \sum_n C_{g,n,t} h_t + D_d u_t \;(\times\, \mathrm{SiLU}(z_t)).
 
-``selective_scan_fn`` has the signature of mamba-ssm's function of the same name. CUDA tensors go
-to mamba-ssm's ``selective_scan_cuda`` kernel when it can be imported; everything else (and CUDA
-without the kernel, after one warning) goes to ``selective_scan_ref``, an exact PyTorch version
-that scans in chunks (about 2*sqrt(L) vectorised steps instead of L). Both compute in float32
-(float64 stays float64) and return the dtype of ``u``; the kernel reads fp16 / bf16 activations as
-they are (as mamba-ssm does under autocast), the torch path upcasts them.
+``selective_scan_fn`` has the signature of mamba-ssm's function of the same name. On CUDA,
+DefMamba's kind of call (variable B and C, no gate) runs the Triton scan
+(``kernels/selective_scan_triton.py``: forward, and the backward where it is faster; elsewhere
+mamba-ssm's backward on chunk states the Triton forward writes); other CUDA calls go to mamba-ssm's
+``selective_scan_cuda`` kernel when it can be imported; everything else (and CUDA without the
+kernel, after one warning) goes to ``selective_scan_ref``, an exact PyTorch version that scans in
+chunks (about 2*sqrt(L) vectorised steps instead of L). All compute in float32 (float64 stays
+float64) and return the dtype of ``u``; the kernels read fp16 / bf16 activations as they are (as
+mamba-ssm does under autocast), the torch path upcasts them.
 """
 import math
 import os
