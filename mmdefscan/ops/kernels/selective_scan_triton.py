@@ -1,16 +1,20 @@
-"""Triton selective-scan forward (Mamba S6, per-step B and C shared by a group of channels).
+"""Triton selective scan (Mamba S6, per-step B and C shared by a group of channels).
 
-A program owns BD channels of one group, one batch element and one time segment, keeps their
-(BD x N) states in registers and steps through time: h = exp(dt A) h + dt B u, y = C h + D u.
-Nothing is scanned twice and no block-wide scan synchronises threads, which is where mamba-ssm's
-kernel spends its time on DefMamba's shapes (1 to 2 ms per stage at 224x224). When
-batch x channel blocks alone cannot fill the GPU (detection maps: 2 images, 67,200 steps), the
-sequence is cut into segments: each is run from a zero state, a short sequential pass combines
-the segment ends into the state entering every segment, and the segments run again from there.
+Forward: a program owns BD channels of one group, one batch element and one time segment, keeps
+their (BD x N) states in registers and steps through time, h = exp(dt A) h + dt B u and
+y = C h + D u, four steps per load and store with the next four loaded ahead. Nothing is scanned
+twice and no block-wide scan synchronises threads, which is where mamba-ssm's kernel spends its
+time on DefMamba's shapes. When batch x channel blocks alone cannot fill the GPU (detection
+maps: 2 images, 67,200 steps), the sequence is cut into segments: each is run from a zero state,
+a short sequential pass combines the segment ends into the state entering every segment, and the
+segments run again from there.
 
-For training the kernel also writes the state at the end of every 2048-step chunk in the layout
-of mamba-ssm's forward (``x``: (b, channels, chunks, N) pairs of (1, h)), so mamba-ssm's backward
-kernel differentiates the call (it reads only h from ``x``).
+Training: the forward also writes the state at the end of every 2048-step chunk in the layout of
+mamba-ssm's forward (``x``: (b, channels, chunks, N) pairs of (1, h)), so that mamba-ssm's
+backward kernel can differentiate the call (it reads only h from ``x``). The Triton backward
+(:func:`scan_bwd`: states recomputed from one stored every 16 steps, the adjoint run back through
+them) is faster only with many programs on short sequences; ``MIN_BWD_PROGRAMS`` gates it.
+
 A tile-parallel Triton scan (an associative scan over T steps of BD x N states) was measured
 slower than mamba-ssm's kernel in both directions and was replaced by this one (see
 docs/performance.md). Reference: ``mmdefscan.ops.selective_scan.selective_scan_ref``.
