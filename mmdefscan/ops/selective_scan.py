@@ -236,8 +236,7 @@ def _scan_backward(ctx, dout, _dx, dout_z):
 _scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
 
 
-def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                         triton_forward=False):
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     # The kernel reads u, delta, B, C, z in one input dtype (fp32, fp16 or bf16) and always
     # computes in fp32, so low-precision activations go in as they are (half the bytes, no cast
     # copies); A, D and delta_bias are parameters and go in as fp32.
@@ -246,9 +245,6 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     Bk, Ck = (_grouped(M, batch, dim, length) for M in (B, C))
     cast = lambda t: None if t is None else t.to(io).contiguous()  # noqa: E731
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    if triton_forward:
-        return _ScanTritonForward.apply(cast(u), cast(delta), fp32(A), cast(Bk), cast(Ck), fp32(D),
-                                        fp32(delta_bias), delta_softplus)
     out, x, out_z = _scan_fwd(cast(u), cast(delta), fp32(A), cast(Bk), cast(Ck), fp32(D), cast(z),
                               fp32(delta_bias), delta_softplus)
     y = out_z if z is not None else out
@@ -259,7 +255,7 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
 
 class _ScanTritonForward(torch.autograd.Function):
     """Training with the Triton forward: it also writes mamba-ssm's chunk states, so that
-    mamba-ssm's backward kernel (the custom op above) differentiates the call."""
+    mamba-ssm's backward kernel (the custom op ``_scan_bwd``) differentiates the call."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
@@ -298,22 +294,30 @@ class _ScanTriton(torch.autograd.Function):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
-                          segments=None, save_chunks=False):
+                          segments=None, save_chunks=False, mamba_backward=False):
     """The Triton scan with :func:`selective_scan_fn`'s arguments, for variable B, C of shape
-    (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable
-    (Triton backward, without time segments). With ``save_chunks`` forward only, returning
-    (y, mamba-ssm's chunk states). ``segments`` fixes the forward's number of time segments
-    (tests; by default enough to fill the GPU)."""
+    (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable:
+    the Triton backward (without time segments), or with ``mamba_backward`` mamba-ssm's on the
+    chunk states the forward writes. With ``save_chunks`` forward only, returning (y, mamba-ssm's
+    chunk states). ``segments`` fixes the forward's number of time segments (tests; by default
+    enough to fill the GPU)."""
     from .kernels.selective_scan_triton import scan_fwd
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-    unit_steps = lambda t: t.to(io) if t.stride(-1) == 1 else t.to(io).contiguous()  # noqa: E731
+
+    def unit_steps(t):
+        # the Triton kernels read B, C views with unit step stride; the route through
+        # mamba-ssm's backward keeps the contiguous copies that path always took
+        return t.to(io) if t.stride(-1) == 1 and not mamba_backward else t.to(io).contiguous()
+
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
     args = (u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A), unit_steps(B),
             unit_steps(C), fp32(D), fp32(delta_bias), delta_softplus)
     if save_chunks:
         return scan_fwd(*args, save_chunks=True, segments=segments)
+    if mamba_backward:
+        return _ScanTritonForward.apply(*args)
     return _ScanTriton.apply(*args, segments)
 
 
@@ -353,8 +357,11 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
             if triton and (not grad or triton_backward_fits(u, B)):
                 return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
             if _load_kernel():
+                if triton:
+                    return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                                 mamba_backward=True)
                 return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                            return_last_state, triton_forward=triton)
+                                            return_last_state)
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                   return_last_state)
 

@@ -46,10 +46,41 @@ def _columns(x, R: tl.constexpr):
 
 
 @triton.jit
-def _step(h, dt, dtu, A2, Bt, Ct):
-    """One time step of all (channel, state) pairs: the new state and C h."""
-    h = tl.exp2(dt[:, None] * A2) * h + dtu[:, None] * Bt[None, :]
-    return h, tl.sum(h * Ct[None, :], 1)
+def _columns_join(c0, c1, c2, c3, R: tl.constexpr):
+    """Four columns (R,) -> (R, 4); the inverse of :func:`_columns`."""
+    return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [R, 4])
+
+
+@triton.jit
+def _decay(dt, A2):
+    """exp(dt A) of one step, (BD, NP), from A log2(e)."""
+    return tl.exp2(dt[:, None] * A2)
+
+
+@triton.jit
+def _update(h, a, dtu, Bt):
+    """One time step of all (channel, state) pairs: a h + dt u B, a = exp(dt A)."""
+    return a * h + dtu[:, None] * Bt[None, :]
+
+
+@triton.jit
+def _channel_block(A, BIAS, DSKIP, BM, CM, block, b, channels, cpg, N, sbb, sbg, sbn, scb, scg,
+                   scn, BD: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_D: tl.constexpr):
+    """What a program of BD channels (channel block ``block``, batch element b) reads once:
+    channel and state indices, the state mask, global rows, A and A log2(e) (BD, NP), the delta
+    bias and D (BD,), and pointers to the (NP,) rows of its group's B and C at step 0."""
+    ch = block * BD + tl.arange(0, BD)
+    n = tl.arange(0, NP)
+    nmask = n < N
+    g = (block * BD) // cpg
+    a_coef = tl.load(A + ch[:, None] * N + n[None, :], mask=nmask[None, :], other=0.0)
+    A2 = a_coef * 1.4426950408889634  # log2(e): exp(x) = exp2(x log2(e))
+    bias = tl.load(BIAS + ch) if HAS_BIAS else tl.zeros([BD], tl.float32)
+    d_skip = tl.load(DSKIP + ch) if HAS_D else tl.zeros([BD], tl.float32)
+    b_ptr = BM + b * sbb + g * sbg + n * sbn
+    c_ptr = CM + b * scb + g * scg + n * scn
+    return ch, n, nmask, g, b * channels + ch, a_coef, A2, bias, d_skip, b_ptr, c_ptr
 
 
 @triton.jit
@@ -85,17 +116,11 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, CKPT_H, S
     (rows, n_seg, N) each. Steps go four at a time: one load and one store per four steps,
     and the next four are loaded before the current ones are computed."""
     block, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    ch = block * BD + tl.arange(0, BD)
-    n = tl.arange(0, NP)
-    nmask = n < N
-    g = (block * BD) // cpg
-    row = b * channels + ch
+    ch, n, nmask, g, row, a_coef, A2, bias, d_skip, b_ptr, c_ptr = _channel_block(
+        A, BIAS, DSKIP, BM, CM, block, b, channels, cpg, N, sbb, sbg, sbn, scb, scg, scn, BD, NP,
+        HAS_BIAS, HAS_D)
     t_start = seg * seg_len
     t_end = tl.minimum(t_start + seg_len, L)
-    a_coef = tl.load(A + ch[:, None] * N + n[None, :], mask=nmask[None, :], other=0.0)
-    A2 = a_coef * 1.4426950408889634  # log2(e): exp(x) = exp2(x log2(e))
-    bias = tl.load(BIAS + ch) if HAS_BIAS else tl.zeros([BD], tl.float32)
-    d_skip = tl.load(DSKIP + ch) if HAS_D else tl.zeros([BD], tl.float32)
     state_mask = nmask[None, :]
     seg_offs = (row[:, None] * n_seg + seg) * N + n[None, :]
     if HAS_H0:
@@ -104,8 +129,6 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, CKPT_H, S
         h = tl.zeros([BD, NP], tl.float32)
     dt_sum = tl.zeros([BD], tl.float32)
     u_ptr, delta_ptr, y_ptr = U + row * L, DELTA + row * L, Y + row * L
-    b_ptr = BM + b * sbb + g * sbg + n * sbn
-    c_ptr = CM + b * scb + g * scg + n * scn
     c0 = t_start
     while c0 < t_end:  # pieces between mamba-ssm's chunk ends (segments need not align)
         c_stop = tl.minimum((c0 // CHUNK + 1) * CHUNK, t_end)
@@ -123,13 +146,16 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, CKPT_H, S
             dtu0, dtu1, dtu2, dtu3 = _columns(dt_cur * u_cur, BD)
             B0, B1, B2, B3 = _columns(B_cur, NP)
             C0, C1, C2, C3 = _columns(C_cur, NP)
-            h, y0 = _step(h, dt0, dtu0, A2, B0, C0)
-            h, y1 = _step(h, dt1, dtu1, A2, B1, C1)
-            h, y2 = _step(h, dt2, dtu2, A2, B2, C2)
-            h, y3 = _step(h, dt3, dtu3, A2, B3, C3)
+            h = _update(h, _decay(dt0, A2), dtu0, B0)
+            y0 = tl.sum(h * C0[None, :], 1)
+            h = _update(h, _decay(dt1, A2), dtu1, B1)
+            y1 = tl.sum(h * C1[None, :], 1)
+            h = _update(h, _decay(dt2, A2), dtu2, B2)
+            y2 = tl.sum(h * C2[None, :], 1)
+            h = _update(h, _decay(dt3, A2), dtu3, B3)
+            y3 = tl.sum(h * C3[None, :], 1)
             if WRITE_Y:
-                y = tl.reshape(tl.join(tl.join(y0, y2), tl.join(y1, y3)), [BD, 4])
-                y += d_skip[:, None] * u_cur
+                y = _columns_join(y0, y1, y2, y3, BD) + d_skip[:, None] * u_cur
                 t = t0 + tl.arange(0, 4)
                 tl.store(y_ptr[:, None] + t[None, :], y.to(Y.dtype.element_ty),
                          mask=(t < c_stop)[None, :])
@@ -162,12 +188,6 @@ def _combine_segments_kernel(SEG_H, SEG_P, H0, total, n_seg, N, BLOCK: tl.conste
 
 
 @triton.jit
-def _columns_join(c0, c1, c2, c3, R: tl.constexpr):
-    """Four columns (R,) -> (R, 4); the inverse of :func:`_columns`."""
-    return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [R, 4])
-
-
-@triton.jit
 def _advance(h, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, L, nmask, A2,
              BD: tl.constexpr, NP: tl.constexpr, SOFTPLUS: tl.constexpr):
     """The state after the four steps from t0."""
@@ -175,25 +195,25 @@ def _advance(h, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, L, nmask, A2,
     dt0, dt1, dt2, dt3 = _columns(dt, BD)
     dtu0, dtu1, dtu2, dtu3 = _columns(dt * u, BD)
     B0, B1, B2, B3 = _columns(Bt, NP)
-    h = tl.exp2(dt0[:, None] * A2) * h + dtu0[:, None] * B0[None, :]
-    h = tl.exp2(dt1[:, None] * A2) * h + dtu1[:, None] * B1[None, :]
-    h = tl.exp2(dt2[:, None] * A2) * h + dtu2[:, None] * B2[None, :]
-    return tl.exp2(dt3[:, None] * A2) * h + dtu3[:, None] * B3[None, :]
+    h = _update(h, _decay(dt0, A2), dtu0, B0)
+    h = _update(h, _decay(dt1, A2), dtu1, B1)
+    h = _update(h, _decay(dt2, A2), dtu2, B2)
+    return _update(h, _decay(dt3, A2), dtu3, B3)
 
 
 @triton.jit
-def _adjoint_step(h, lam, a_next, dt, dtu, u, raw, dy, a_coef, A2, Bt, Ct, d_skip,
+def _adjoint_step(h, lam, a_next, dt, dtu, u, raw, dy, a_coef, Bt, Ct, d_skip,
                   SOFTPLUS: tl.constexpr):
     """Step t of the reverse pass, from the state h_t after it and the adjoint carried from t+1
-    (lam_{t+1} and a_{t+1}). Returns lam_t, a_t, du_t, d delta_t (BD,), the dA term (BD, NP) and
-    the block's dB_t, dC_t (NP,)."""
+    (lam_{t+1} and the decay a_{t+1}). Returns lam_t, du_t, d delta_t (BD,), the dA term
+    (BD, NP) and the block's dB_t, dC_t (NP,)."""
     lam = Ct[None, :] * dy[:, None] + a_next * lam
     lam_b = tl.sum(lam * Bt[None, :], 1)
     dlog_a = lam * (h - dtu[:, None] * Bt[None, :])  # lam_t a_t h_{t-1}
     ddt = u * lam_b + tl.sum(dlog_a * a_coef, 1)
     if SOFTPLUS:
         ddt = tl.where(raw <= 20.0, ddt * tl.sigmoid(raw), ddt)
-    return (lam, tl.exp2(dt[:, None] * A2), dt * lam_b + d_skip * dy, ddt,
+    return (lam, dt * lam_b + d_skip * dy, ddt,
             dlog_a * dt[:, None], tl.sum(lam * dtu[:, None], 0), tl.sum(h * dy[:, None], 0))
 
 
@@ -210,19 +230,11 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, D
     dB, dC summed over the block's channels (cpg / BD, batch, groups, N, L); dA, dD and
     d delta_bias summed over time (batch, channels[, N])."""
     block, b = tl.program_id(0), tl.program_id(1)
-    ch = block * BD + tl.arange(0, BD)
-    n = tl.arange(0, NP)
-    nmask = n < N
-    g = (block * BD) // cpg
-    row = b * channels + ch
-    a_coef = tl.load(A + ch[:, None] * N + n[None, :], mask=nmask[None, :], other=0.0)
-    A2 = a_coef * 1.4426950408889634
-    bias = tl.load(BIAS + ch) if HAS_BIAS else tl.zeros([BD], tl.float32)
-    d_skip = tl.load(DSKIP + ch) if HAS_D else tl.zeros([BD], tl.float32)
+    ch, n, nmask, g, row, a_coef, A2, bias, d_skip, b_ptr, c_ptr = _channel_block(
+        A, BIAS, DSKIP, BM, CM, block, b, channels, cpg, N, sbb, sbg, sbn, scb, scg, scn, BD, NP,
+        HAS_BIAS, HAS_D)
     state_mask = nmask[None, :]
     u_ptr, delta_ptr = U + row * L, DELTA + row * L
-    b_ptr = BM + b * sbb + g * sbg + n * sbn
-    c_ptr = CM + b * scb + g * scg + n * scn
     part = ((block - g * (cpg // BD)) * batch + b) * groups + g
     part_ptr = (part * N + n) * L  # (NP,) rows of this block's dB / dC parts
     lam = tl.zeros([BD, NP], tl.float32)
@@ -256,18 +268,21 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, D
             dy0, dy1, dy2, dy3 = _columns(dy, BD)
             B0, B1, B2, B3 = _columns(Bt, NP)
             C0, C1, C2, C3 = _columns(Ct, NP)
-            h1 = tl.exp2(dt0[:, None] * A2) * h + dtu0[:, None] * B0[None, :]
-            h2 = tl.exp2(dt1[:, None] * A2) * h1 + dtu1[:, None] * B1[None, :]
-            h3 = tl.exp2(dt2[:, None] * A2) * h2 + dtu2[:, None] * B2[None, :]
-            h4_ = tl.exp2(dt3[:, None] * A2) * h3 + dtu3[:, None] * B3[None, :]
-            lam, a_next, du3, dd3, da3, db3, dc3 = _adjoint_step(
-                h4_, lam, a_next, dt3, dtu3, u3, r3, dy3, a_coef, A2, B3, C3, d_skip, SOFTPLUS)
-            lam, a_next, du2, dd2, da2, db2, dc2 = _adjoint_step(
-                h3, lam, a_next, dt2, dtu2, u2, r2, dy2, a_coef, A2, B2, C2, d_skip, SOFTPLUS)
-            lam, a_next, du1, dd1, da1, db1, dc1 = _adjoint_step(
-                h2, lam, a_next, dt1, dtu1, u1, r1, dy1, a_coef, A2, B1, C1, d_skip, SOFTPLUS)
-            lam, a_next, du0, dd0, da0, db0, dc0 = _adjoint_step(
-                h1, lam, a_next, dt0, dtu0, u0, r0, dy0, a_coef, A2, B0, C0, d_skip, SOFTPLUS)
+            a0, a1 = _decay(dt0, A2), _decay(dt1, A2)
+            a2, a3 = _decay(dt2, A2), _decay(dt3, A2)
+            h1 = _update(h, a0, dtu0, B0)
+            h2 = _update(h1, a1, dtu1, B1)
+            h3 = _update(h2, a2, dtu2, B2)
+            h4_ = _update(h3, a3, dtu3, B3)
+            lam, du3, dd3, da3, db3, dc3 = _adjoint_step(
+                h4_, lam, a_next, dt3, dtu3, u3, r3, dy3, a_coef, B3, C3, d_skip, SOFTPLUS)
+            lam, du2, dd2, da2, db2, dc2 = _adjoint_step(
+                h3, lam, a3, dt2, dtu2, u2, r2, dy2, a_coef, B2, C2, d_skip, SOFTPLUS)
+            lam, du1, dd1, da1, db1, dc1 = _adjoint_step(
+                h2, lam, a2, dt1, dtu1, u1, r1, dy1, a_coef, B1, C1, d_skip, SOFTPLUS)
+            lam, du0, dd0, da0, db0, dc0 = _adjoint_step(
+                h1, lam, a1, dt0, dtu0, u0, r0, dy0, a_coef, B0, C0, d_skip, SOFTPLUS)
+            a_next = a0
             ddelta = tl.where(tmask, _columns_join(dd0, dd1, dd2, dd3, BD), 0.0)
             offs = row[:, None] * L + t[None, :]
             tl.store(DU + offs, _columns_join(du0, du1, du2, du3, BD).to(DU.dtype.element_ty),
