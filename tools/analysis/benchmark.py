@@ -160,8 +160,9 @@ def bench_classification(name, args, device, timer):
     return rows
 
 
-def bench_downstream(config, kind, args, device, timer):
-    """Seconds per training iteration of a full detector / segmentor on random data."""
+def build_downstream(config, kind, device):
+    """(model in train mode, images, data samples) of one training iteration of a full detector
+    (2 images of 800x1344) or segmentor (8 of 512x512) on random data."""
     from mmengine.config import Config
     from mmengine.hub import get_config
     from mmengine.registry import init_default_scope
@@ -171,9 +172,9 @@ def bench_downstream(config, kind, args, device, timer):
     registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
     cfg.model.backbone.pop('init_cfg', None)
     model = registry.build(cfg.model).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if kind == 'det':
         from mmdet.structures import DetDataSample
+        from mmdet.structures.mask import BitmapMasks
         from mmengine.structures import InstanceData
         batch, (h, w) = 2, (800, 1344)
         samples = []
@@ -184,7 +185,6 @@ def bench_downstream(config, kind, args, device, timer):
             masks = torch.zeros(2, h, w, dtype=torch.bool)
             masks[0, 100:300, 100:400] = True
             masks[1, 200:700, 500:900] = True
-            from mmdet.structures.mask import BitmapMasks
             s.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([1, 2], device=device),
                                           masks=BitmapMasks(masks.numpy(), h, w))
             samples.append(s)
@@ -197,7 +197,14 @@ def bench_downstream(config, kind, args, device, timer):
             s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
             s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w), device=device))
             samples.append(s)
-    x = torch.randn(batch, 3, h, w, device=device)
+    return model, torch.randn(batch, 3, h, w, device=device), samples
+
+
+def bench_downstream(config, kind, args, device, timer):
+    """Seconds per training iteration of a full detector / segmentor on random data."""
+    model, x, samples = build_downstream(config, kind, device)
+    batch, h, w = x.shape[0], *x.shape[2:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = []
     for dtype in args.downstream_dtypes:
         def step():

@@ -2,9 +2,12 @@
 
     python tools/analysis/profile_backbone.py --model DefMamba-S [--mode infer|train]
         [--batch 64] [--dtype fp32|bf16] [--compile] [--rows 30]
+    python tools/analysis/profile_backbone.py --detector configs/maskrcnn_defmamba_s_coco.py
+        [--dtype fp32]   (or --segmentor CFG: one training iteration of the whole model)
 
-Same model and step as tools/analysis/benchmark.py (224x224 classifier); prints the operators
-sorted by their device time (self time, so nested calls are not counted twice).
+Same model and step as tools/analysis/benchmark.py (224x224 classifier, or its Mask R-CNN /
+UperNet iteration); prints the operators sorted by their device time (self time, so nested
+calls are not counted twice).
 """
 import argparse
 import os.path as osp
@@ -15,7 +18,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark import MODELS, Classifier, autocast, build_backbone  # noqa: E402
+from benchmark import MODELS, Classifier, autocast, build_backbone, build_downstream  # noqa: E402,E501
 
 
 def main():
@@ -27,24 +30,35 @@ def main():
     parser.add_argument('--compile', action='store_true')
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--rows', type=int, default=30)
+    parser.add_argument('--detector', help='a Mask R-CNN config: profile its training iteration')
+    parser.add_argument('--segmentor', help='an UperNet config: profile its training iteration')
     args = parser.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = Classifier(build_backbone(args.model)).to(device)
-    with torch.no_grad():
-        model(torch.randn(1, 3, 224, 224, device=device))
+    downstream = args.detector or args.segmentor
+    if downstream:
+        model, x, samples = build_downstream(downstream, 'det' if args.detector else 'seg', device)
+        args.mode, args.model, args.batch = 'train', downstream, x.shape[0]
+    else:
+        model = Classifier(build_backbone(args.model)).to(device)
+        with torch.no_grad():
+            model(torch.randn(1, 3, 224, 224, device=device))
+        x = torch.randn(args.batch, 3, 224, 224, device=device)
+        target = torch.randint(0, 1000, (args.batch,), device=device)
     run = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(args.batch, 3, 224, 224, device=device)
-    target = torch.randint(0, 1000, (args.batch,), device=device)
 
     def step():
-        if args.mode == 'infer':
+        if downstream:
+            with autocast(device, args.dtype):
+                loss, _ = model.parse_losses(model.loss(x, samples))
+        elif args.mode == 'infer':
             with torch.no_grad(), autocast(device, args.dtype):
                 run(x)
             return
-        with autocast(device, args.dtype):
-            loss = nn.functional.cross_entropy(run(x), target)
+        else:
+            with autocast(device, args.dtype):
+                loss = nn.functional.cross_entropy(run(x), target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

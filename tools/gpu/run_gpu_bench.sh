@@ -54,10 +54,16 @@ for step in $STEPS; do
       [ "$GPUS" -ge 2 ] && bash tools/analysis/dist_scaling.sh "$GPUS" 80 8 2>&1 \
         | tee "$OUT/scaling.log" | tail -8 ;;
     profile)
-      python3 tools/analysis/profile_backbone.py --model DefMamba-S --mode train --batch 64 \
-        --dtype bf16 --rows 40 > "$OUT/profile_train.txt" 2>&1
-      python3 tools/analysis/profile_backbone.py --model DefMamba-S --mode infer --batch 128 \
-        --dtype bf16 --rows 40 > "$OUT/profile_infer.txt" 2>&1 ;;
+      for dtype in bf16 fp32; do
+        python3 tools/analysis/profile_backbone.py --model DefMamba-S --mode train --batch 64 \
+          --dtype $dtype --rows 45 > "$OUT/profile_train_$dtype.txt" 2>&1
+      done
+      python3 tools/analysis/profile_backbone.py --detector configs/maskrcnn_defmamba_s_coco.py \
+        --dtype fp32 --rows 45 > "$OUT/profile_maskrcnn.txt" 2>&1
+      python3 tools/analysis/profile_backbone.py --dtype fp32 --rows 30 \
+        --detector mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
+        > "$OUT/profile_maskrcnn_swin.txt" 2>&1
+      grep -h -E "^## |Self CUDA time total|Error" "$OUT"/profile_*.txt ;;
     *) echo "unknown step $step" ;;
   esac
 done
