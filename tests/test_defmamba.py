@@ -8,6 +8,7 @@ import torch
 from _refs import fixture_dir, load_ref, max_rel_err, reference_files, run_case
 from mmdefscan.models.backbones import DefMamba
 from mmdefscan.ops import DeformablePathSort
+from mmdefscan.ops.deformable_scan import resize_table, rpe_table_backward
 
 REFS = reference_files('defmamba')
 
@@ -99,6 +100,22 @@ def test_sort_passes_the_official_mean_gradient():
         expected_gx[b, :, order[b]] = g[b]
     torch.testing.assert_close(gx, expected_gx)
     torch.testing.assert_close(gk, (g - expected_gx).mean(1))
+
+
+@pytest.mark.parametrize('size', [(6, 7), (9, 9), (1, 5), (3, 1), (56, 40)])
+def test_rpe_table_backward_equals_grid_sample_of_the_resized_table(size):
+    """The Triton path's table gradient (matrix products on the 7 x 7 table) against autograd
+    through F.interpolate + grid_sample, fp64; points reach off the map (zero padding) and
+    1-pixel axes have no point gradient."""
+    torch.manual_seed(0)
+    table = torch.randn(5, 7, 7, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(2, *size, 2, dtype=torch.float64) * 2.6 - 1.3).requires_grad_()
+    resized = resize_table(table, *size)[None].expand(2, -1, -1, -1)
+    out = torch.nn.functional.grid_sample(resized, points, mode='bilinear', align_corners=True)
+    grad_out = torch.randn_like(out)
+    expected = torch.autograd.grad(out, (table, points), grad_out)
+    for got, want in zip(rpe_table_backward(grad_out, table.detach(), points.detach()), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def tiny_model(**kwargs):

@@ -134,17 +134,16 @@ class DeformableScan(nn.Module):
         offset = point_offset.tanh().permute(0, 2, 3, 1) * scale  # (B, H, W, 2) as (y, x)
         pos_y = ref_y[:, None] + offset[..., 0]
         pos_x = ref_x[None, :] + offset[..., 1]
-        # offset bias: the rpe table resized to the map, read at half the key-to-point distance
-        table = F.interpolate(self.rpe_table[None].to(dtype), size=(height, width),
-                              mode='bilinear', align_corners=False)
         key_y = _normalised_grid((0, height), height, height, dtype, device)
         key_x = _normalised_grid((0, width), width, width, dtype, device)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
             (0.5, length - 0.5), length, length, dtype, device)
         if use_triton(x) and dtype == torch.float32:  # float64 takes the exact PyTorch path
-            return sample_and_sort_triton(x, table[0], torch.stack((pos_x, pos_y), -1), keys,
-                                          key_x, key_y)
+            return sample_and_sort_triton(x, self.rpe_table.to(dtype),
+                                          torch.stack((pos_x, pos_y), -1), keys, key_x, key_y)
 
+        # offset bias: the rpe table resized to the map, read at half the key-to-point distance
+        table = resize_table(self.rpe_table.to(dtype), height, width)[None]
         sampled = F.grid_sample(x.to(dtype), torch.stack((pos_x, pos_y), -1), mode='bilinear',
                                 align_corners=True)
         pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1),
@@ -154,37 +153,91 @@ class DeformableScan(nn.Module):
         return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)
 
 
+def resize_table(table, height, width):
+    """The rpe table (D, h, w) resized to the map (D, H, W), official: bilinear, no corners."""
+    return F.interpolate(table[None], size=(height, width), mode='bilinear',
+                         align_corners=False)[0]
+
+
+def resize_matrix(size, table_size, dtype, device):
+    """(size, table_size): resizing one table axis to ``size`` (as :func:`resize_table`) is a
+    product with this matrix; read off F.interpolate applied to the identity."""
+    eye = torch.eye(table_size, dtype=dtype, device=device)[None, :, :, None]
+    return F.interpolate(eye, size=(size, 1), mode='bilinear', align_corners=False)[0, :, :, 0].T
+
+
+def _table_axis_weights(coord, size, resize):
+    """Along one axis, grid_sample's two taps (bilinear, zero padding, align_corners=True) at
+    ``coord`` (normalised) on the resized table, expressed on the table itself: weights
+    (..., table_size) and their derivative in ``coord``."""
+    pixel = (coord + 1) / 2 * (size - 1)
+    low = pixel.floor()
+    frac = (pixel - low)[..., None]
+    low = low.long()
+
+    def tap(index):  # a row of the resize matrix, zero for a tap off the map
+        inside = ((index >= 0) & (index < size))[..., None]
+        return resize[index.clamp(0, size - 1)] * inside
+    tap_low, tap_high = tap(low), tap(low + 1)
+    return tap_low * (1 - frac) + tap_high * frac, (tap_high - tap_low) * ((size - 1) / 2)
+
+
+def rpe_table_backward(grad_map, table, points):
+    """Gradients of grid_sample(resize_table(table), points) for the un-resized table (D, h, w)
+    and for the points (B, H, W, 2) as (x, y), given grad_map (B, D, H, W), all float32.
+
+    A bilinear sample of a bilinearly resized table is a product of one weight row per axis
+    with the table, sum_ij wy_i wx_j T[d, i, j], so the table gradient is one matrix product
+    over all tokens and the point gradient reads h x w values per token: no atomic adds onto
+    the resized table (which PyTorch's two backwards do, and then again onto the 7 x 7 table)."""
+    batch, dim, height, width = grad_map.shape
+    _, rows, cols = table.shape
+    weight_y, slope_y = _table_axis_weights(
+        points[..., 1], height, resize_matrix(height, rows, table.dtype, table.device))
+    weight_x, slope_x = _table_axis_weights(
+        points[..., 0], width, resize_matrix(width, cols, table.dtype, table.device))
+    grad = grad_map.flatten(2)
+    weights = (weight_y[..., :, None] * weight_x[..., None, :]).view(batch, -1, rows * cols)
+    grad_table = torch.bmm(grad, weights).sum(0).view(dim, rows, cols)
+    # d loss / d (wy_i wx_j) per token: (B, H, W, h, w)
+    grad_weights = torch.matmul(grad.transpose(1, 2), table.view(dim, -1)).view(
+        batch, height, width, rows, cols)
+    grad_y = ((grad_weights * weight_x[..., None, :]).sum(-1) * slope_y).sum(-1)
+    grad_x = ((grad_weights * weight_y[..., :, None]).sum(-2) * slope_x).sum(-1)
+    return grad_table, torch.stack((grad_x, grad_y), -1)
+
+
 class _SampleAndSort(torch.autograd.Function):
-    """Triton path of the deformable tokens: sample, add the offset bias and sort in one kernel
-    (``kernels/deform_sample_triton.py``). Backward: the sort's (un-sort + mean key gradient),
-    then PyTorch's grid-sampler backward for the map and for the table, as the reference path."""
+    """Triton path of the deformable tokens: resize the rpe table, sample, add the offset bias
+    and sort (``kernels/deform_sample_triton.py``). Backward: the sort's (un-sort + mean key
+    gradient), PyTorch's grid-sampler backward for the map and :func:`rpe_table_backward`."""
 
     @staticmethod
-    def forward(ctx, x, table, pos, keys, key_x, key_y):
+    def forward(ctx, x, rpe_table, pos, keys, key_x, key_y):
         from .kernels.deform_sample_triton import sample_sort_fwd
         order = torch.argsort(keys, dim=-1, stable=True)
-        ctx.save_for_backward(x, table, pos, order, key_x, key_y)
+        ctx.save_for_backward(x, rpe_table, pos, order, key_x, key_y)
         ctx.mark_non_differentiable(order)
+        table = resize_table(rpe_table, *x.shape[2:])
         return sample_sort_fwd(x, table, pos, order, key_x, key_y), order
 
     @staticmethod
     def backward(ctx, grad, _grad_order):
-        x, table, pos, order, key_x, key_y = ctx.saved_tensors
+        x, rpe_table, pos, order, key_x, key_y = ctx.saved_tensors
         batch, dim, height, width = x.shape
         grad_tokens, grad_keys = sort_gradients(grad.float(), order)
         grad_map = grad_tokens.view(batch, dim, height, width)
-        grid_sample_backward = torch.ops.aten.grid_sampler_2d_backward
         # (interpolation 0 = bilinear, padding 0 = zeros, align_corners=True), as the forward
-        grad_x, grad_pos = grid_sample_backward(grad_map, x.float(), pos, 0, 0, True, [True, True])
-        grad_table, grad_disp = grid_sample_backward(
-            grad_map, table.expand(batch, -1, -1, -1),
-            _bias_points(pos[..., 0], pos[..., 1], key_x, key_y), 0, 0, True, [True, True])
-        return (grad_x.to(x.dtype), grad_table.sum(0), grad_pos - 0.5 * grad_disp, grad_keys,
+        grad_x, grad_pos = torch.ops.aten.grid_sampler_2d_backward(
+            grad_map, x.float(), pos, 0, 0, True, [True, True])
+        grad_table, grad_points = rpe_table_backward(
+            grad_map, rpe_table, _bias_points(pos[..., 0], pos[..., 1], key_x, key_y))
+        return (grad_x.to(x.dtype), grad_table, grad_pos - 0.5 * grad_points, grad_keys,
                 None, None)
 
 
 def sample_and_sort_triton(x, table, pos, keys, key_x, key_y):
-    """x (B, D, H, W), table (D, H, W), pos (B, H, W, 2) as (x, y), keys (B, H*W), key_x (W,),
-    key_y (H,), all but x float32 -> (tokens (B, D, H*W) in x's dtype and key order, order)."""
+    """x (B, D, H, W), table (D, h, w) the rpe table (resized here), pos (B, H, W, 2) as (x, y),
+    keys (B, H*W), key_x (W,), key_y (H,), all but x float32 -> (tokens (B, D, H*W) in x's dtype and key order, order)."""
     return _SampleAndSort.apply(x.contiguous(), table.contiguous(), pos.contiguous(), keys,
                                 key_x, key_y)

@@ -1,8 +1,9 @@
 """Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes.
 
     python tools/analysis/bench_kernels.py [--arch small] [--batch 128] [--dtype bf16]
+        [--map 56 56]   (stage-0 map; 200 336 with --batch 2 --dtype fp32: Mask R-CNN's)
 
-Per stage of the variant at 224x224: forward and forward+backward milliseconds of each op, PyTorch
+Per stage of the variant (224x224 input by default): forward and forward+backward milliseconds of each op, PyTorch
 vs Triton, CUDA events, median of 20 after warm-up; a markdown table at the end.
 """
 import argparse
@@ -47,17 +48,17 @@ def with_triton(flag, fn):
     return run
 
 
-def cases(dim, size, batch, dtype, stage):
+def cases(dim, height, width, batch, dtype, stage):
     dev = 'cuda'
-    tokens = size * size
+    tokens = height * width
     # the residual stream is fp32 under autocast (the block norms' input)
-    x = torch.randn(batch, size, size, dim, device=dev, requires_grad=True)
+    x = torch.randn(batch, height, width, dim, device=dev, requires_grad=True)
     w = torch.randn(dim, device=dev, requires_grad=True)
     b = torch.randn(dim, device=dev, requires_grad=True)
-    cf = torch.randn(batch, dim, size, size, device=dev, dtype=dtype, requires_grad=True)
+    cf = torch.randn(batch, dim, height, width, device=dev, dtype=dtype, requires_grad=True)
     scale = torch.rand(batch, dim, device=dev, dtype=dtype, requires_grad=True)
     ys = torch.randn(batch, 3, dim, tokens, device=dev, dtype=dtype, requires_grad=True)
-    proj = torch.randn(batch, size, size, 2 * dim, device=dev, dtype=dtype, requires_grad=True)
+    proj = torch.randn(batch, height, width, 2 * dim, device=dev, dtype=dtype, requires_grad=True)
     order = torch.rand(batch, tokens, device=dev).argsort(-1)
     cl = cf.permute(0, 2, 3, 1)
     scan = DeformableScan(dim, stage).to(dev)
@@ -78,17 +79,21 @@ def main():
     parser.add_argument('--arch', default='small', choices=sorted(ARCH_SETTINGS))
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
+    parser.add_argument('--map', type=int, nargs=2, default=[56, 56], metavar=('H', 'W'),
+                        help='stage-0 map; each later stage halves it (rounding up)')
     args = parser.parse_args()
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[args.dtype]
     dims = ARCH_SETTINGS[args.arch]['dims']
     rows = []
     for stage in range(4):
-        dim, size = dims * 2 ** stage, 56 // 2 ** stage
-        for name, (ref, fused) in cases(dim, size, args.batch, dtype, stage).items():
+        dim = dims * 2 ** stage
+        height, width = (-(-side // 2 ** stage) for side in args.map)
+        for name, (ref, fused) in cases(dim, height, width, args.batch, dtype, stage).items():
             times = [timed(fn, bw, dtype) for bw in (False, True) for fn in (ref, fused)]
             rows.append((stage, name, *times))
             print(rows[-1], flush=True)
-    print(f'\n### {args.arch}, batch {args.batch}, {args.dtype}: ms (PyTorch / Triton)\n')
+    print(f'\n### {args.arch}, batch {args.batch}, stage-0 map {args.map[0]}x{args.map[1]}, '
+          f'{args.dtype}: ms (PyTorch / Triton)\n')
     print('| stage | op | fwd torch | fwd triton | fwd+bwd torch | fwd+bwd triton |')
     print('|---|---|---|---|---|---|')
     for stage, name, *t in rows:

@@ -12,9 +12,11 @@ calls are not counted twice).
 import argparse
 import os.path as osp
 import sys
+import time
 
 import torch
 import torch.nn as nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
@@ -66,6 +68,7 @@ def main():
     model.train(args.mode == 'train')
     for _ in range(3):
         step()
+    wall, host = host_and_wall_ms(step, args.steps, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with profile(activities=activities) as prof:
         for _ in range(args.steps):
@@ -75,7 +78,30 @@ def main():
     key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
     print(f'\n## {args.model} {args.mode} batch {args.batch} {args.dtype}'
           f'{" compiled" if args.compile else ""}, {args.steps} steps')
-    print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    averages = prof.key_averages()
+    print(averages.table(sort_by=key, row_limit=args.rows, max_name_column_width=90))
+    if device.type == 'cuda':
+        # kernel rows only: operator rows repeat their kernels' time, and a GPU-side annotation
+        # (Optimizer.step#...) spans the queue ahead of it
+        busy = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA
+                   and not e.key.startswith(('Optimizer.', 'ProfilerStep'))) / 1e3 / args.steps
+        print(f'per step: wall {wall:.1f} ms, host until the step returns {host:.1f} ms, '
+              f'kernels {busy:.1f} ms (the GPU idles {max(wall - busy, 0):.1f} ms: host-bound '
+              f'where host ~ wall)')
+
+
+def host_and_wall_ms(step, steps, device):
+    """Milliseconds per step: wall (synchronised at the end) and the host's share (time until
+    ``step`` returns; the GPU queue lets the host run ahead unless something synchronises)."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    sync()
+    start, host = time.perf_counter(), 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        host += time.perf_counter() - t0
+    sync()
+    return (time.perf_counter() - start) * 1e3 / steps, host * 1e3 / steps
 
 
 if __name__ == '__main__':

@@ -6,8 +6,9 @@ the deformable token order, in one pass:
 
 (grid_sample semantics: align_corners=True, zero padding; fp32 arithmetic, written in x's
 dtype). PyTorch needs an fp32 copy of x, two grid samples, an add, a cast and a gather. The
-backward stays with PyTorch's grid-sampler backward (``_SampleAndSort``): a Triton backward with
-atomic adds was measured 1.6x slower on the H200 and was dropped.
+backward (``_SampleAndSort``) is PyTorch's grid-sampler backward for the map (a Triton backward
+with atomic adds was measured 1.6x slower on the H200 and was dropped) and matrix products for
+the rpe table (``rpe_table_backward``).
 Reference: ``DeformableScan.forward`` without Triton (``mmdefscan/ops/deformable_scan.py``).
 """
 import torch
