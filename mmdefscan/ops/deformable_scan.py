@@ -129,11 +129,11 @@ class DeformableScan(nn.Module):
         # sampling points (y, x), official reference grid: pixel i + 0.5 normalised by side - 1
         ref_y = _normalised_grid((0.5, height - 0.5), height, height, dtype, device)
         ref_x = _normalised_grid((0.5, width - 0.5), width, width, dtype, device)
-        scale = torch.tensor([1.0 / max(height - 1, 1), 1.0 / max(width - 1, 1)],
-                             dtype=dtype, device=device)
-        offset = point_offset.tanh().permute(0, 2, 3, 1) * scale  # (B, H, W, 2) as (y, x)
-        pos_y = ref_y[:, None] + offset[..., 0]
-        pos_x = ref_x[None, :] + offset[..., 1]
+        # Python-number scales: a tensor built from a list would be copied to the device with a
+        # stream synchronisation, which stalled the host in every block
+        offset = point_offset.tanh()  # (B, 2, H, W) as (y, x)
+        pos_y = ref_y[:, None] + offset[:, 0] * (1.0 / max(height - 1, 1))
+        pos_x = ref_x[None, :] + offset[:, 1] * (1.0 / max(width - 1, 1))
         key_y = _normalised_grid((0, height), height, height, dtype, device)
         key_x = _normalised_grid((0, width), width, width, dtype, device)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
