@@ -1,7 +1,7 @@
 """Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes.
 
     python tools/analysis/bench_kernels.py [--arch small] [--batch 128] [--dtype bf16]
-        [--map 56 56]   (stage-0 map; 200 336 with --batch 2 --dtype fp32: Mask R-CNN's)
+        [--map 56 56] [--only OP]   (stage-0 map; 200 336 with --batch 2 --dtype fp32: Mask R-CNN's)
 
 Per stage of the variant (224x224 input by default): forward and forward+backward milliseconds of each op, PyTorch
 vs Triton, CUDA events, median of 20 after warm-up; a markdown table at the end.
@@ -14,7 +14,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
-from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
+from mmdefscan.ops import (DeformableScan, DepthwiseConv2d, layer_norm_ref,  # noqa: E402
+                          merge_scans_gate_ref)
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
 
@@ -62,7 +63,12 @@ def cases(dim, height, width, batch, dtype, stage):
     order = torch.rand(batch, tokens, device=dev).argsort(-1)
     cl = cf.permute(0, 2, 3, 1)
     scan = DeformableScan(dim, stage).to(dev)
+    k = DeformableScan.kernel_sizes[stage]
+    convs = {size: DepthwiseConv2d(dim, size).to(dev) for size in {3, k}}
     return {
+        **{f'depthwise conv {size}x{size} (weight grad)': (with_triton('0', lambda c=c: c(cf)),
+                                                          with_triton('1', lambda c=c: c(cf)))
+           for size, c in convs.items()},
         'deformable sample + bias + sort': (with_triton('0', lambda: scan(cf)),
                                             with_triton('1', lambda: scan(cf))),
         'LayerNorm (B,H,W,C)': (lambda: layer_norm_ref(x, w, b, 1e-5),
@@ -81,6 +87,7 @@ def main():
     parser.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
     parser.add_argument('--map', type=int, nargs=2, default=[56, 56], metavar=('H', 'W'),
                         help='stage-0 map; each later stage halves it (rounding up)')
+    parser.add_argument('--only', default='', help='time only the ops whose name contains this')
     args = parser.parse_args()
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16, fp32=torch.float32)[args.dtype]
     dims = ARCH_SETTINGS[args.arch]['dims']
@@ -89,6 +96,8 @@ def main():
         dim = dims * 2 ** stage
         height, width = (-(-side // 2 ** stage) for side in args.map)
         for name, (ref, fused) in cases(dim, height, width, args.batch, dtype, stage).items():
+            if args.only not in name:
+                continue
             times = [timed(fn, bw, dtype) for bw in (False, True) for fn in (ref, fused)]
             rows.append((stage, name, *times))
             print(rows[-1], flush=True)
