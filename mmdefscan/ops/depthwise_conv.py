@@ -4,7 +4,10 @@
 parameters, state-dict keys and forward. When it trains on CUDA, its backward takes the input
 gradient from PyTorch and the weight and bias gradients from one Triton kernel
 (``kernels/depthwise_conv_triton.py``); elsewhere it is the plain module.
+``MMDEFSCAN_TRITON_DWCONV=0`` turns this kernel off alone (A/B benchmarks).
 """
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,7 +56,8 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, bias=bias)
 
     def forward(self, x):
-        if not (use_triton(x) and torch.is_grad_enabled() and self.weight.requires_grad):
+        if not (use_triton(x) and torch.is_grad_enabled() and self.weight.requires_grad
+                and os.environ.get('MMDEFSCAN_TRITON_DWCONV', '1') != '0'):
             return super().forward(x)
         weight, bias = self.weight, self.bias
         if torch.is_autocast_enabled(x.device.type):  # as autocast casts F.conv2d's arguments
