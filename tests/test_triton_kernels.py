@@ -12,11 +12,9 @@ from _refs import load_ref, max_rel_err, reference_files, run_case
 from mmdefscan.models.backbones import DefMamba
 from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
 from mmdefscan.ops import deformable_scan as deformable_scan_module
-from mmdefscan.ops import depthwise_conv as depthwise_conv_module
 from mmdefscan.ops import layer_norm as layer_norm_module
 from mmdefscan.ops import scan_merge as scan_merge_module
 from mmdefscan.ops import selective_scan as selective_scan_module
-from mmdefscan.ops.depthwise_conv import depthwise_conv_triton
 from mmdefscan.ops.layer_norm import layer_norm_triton
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton
 from mmdefscan.ops.selective_scan import (selective_scan_ref, selective_scan_triton,
@@ -28,11 +26,10 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Route the model's LayerNorms, scan merges, deformable sampling and depthwise convs through
-    the kernels, CPU tensors included, and on CUDA the selective scan too (in the interpreter a
-    whole model's scans would take many minutes: its tests below use small shapes)."""
-    modules = [layer_norm_module, scan_merge_module, deformable_scan_module,
-               depthwise_conv_module]
+    """Route the model's LayerNorms, scan merges and deformable sampling through the kernels,
+    CPU tensors included, and on CUDA the selective scan too (in the interpreter a whole model's
+    scans would take many minutes: its tests below use small shapes)."""
+    modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
     for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda x: True)
 
@@ -165,43 +162,6 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
     assert max_rel_err(tokens, ref_tokens) < tol and max_rel_err(dx, ref_dx) < tol
     for name, grad in grads.items():
         assert max_rel_err(grad, ref_grads[name]) < max(tol, 1e-4), name
-
-
-@pytest.mark.parametrize('shape, kernel_size, dtype', [
-    ((2, 6, 7, 9), 3, torch.float32),     # taps past every border
-    ((1, 4, 13, 70), 9, torch.float32),   # wider than one 64-column tile
-    ((2, 3, 1, 5), 5, torch.float32),     # one row
-    ((2, 8, 12, 12), 7, torch.bfloat16),
-])
-@pytest.mark.parametrize('channels_last', [False, True])
-def test_depthwise_conv_weight_gradient_matches_torch(shape, kernel_size, dtype, channels_last):
-    """Output and the input, weight and bias gradients of the Triton-backward depthwise conv
-    against autograd of F.conv2d, for channel-first and channels-last inputs and gradients."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(DEVICE, dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    weight = torch.randn(shape[1], 1, kernel_size, kernel_size, generator=gen).to(DEVICE, dtype)
-    bias = torch.randn(shape[1], generator=gen).to(DEVICE, dtype)
-    grad = torch.randn(shape, generator=gen).to(DEVICE, dtype)
-    if channels_last:
-        grad = grad.to(memory_format=torch.channels_last)
-    results = []
-    for conv in (lambda *a: torch.nn.functional.conv2d(*a, padding=kernel_size // 2,
-                                                        groups=shape[1]),
-                 depthwise_conv_triton):
-        leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
-        out = conv(*leaves)
-        results.append((out, *torch.autograd.grad(out, leaves, grad)))
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for name, got, want in zip(('out', 'x', 'weight', 'bias'), results[1], results[0]):
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        assert max_rel_err(got.float(), want.float()) < tol, name
-
-
-def test_depthwise_conv_rejects_a_full_kernel():
-    with pytest.raises(ValueError, match='odd k x k kernel per channel'):
-        depthwise_conv_triton(torch.zeros(1, 4, 5, 5), torch.zeros(4, 2, 3, 3))
 
 
 SCAN_CASES = {  # groups, channels per group, states, steps, segments, softplus + bias + D

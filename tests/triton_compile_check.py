@@ -8,8 +8,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mmdefscan.ops.kernels import (deform_sample_triton, depthwise_conv_triton, layer_norm_triton,
-                                   scan_merge_triton, selective_scan_triton)
+from mmdefscan.ops.kernels import (deform_sample_triton, layer_norm_triton, scan_merge_triton,
+                                   selective_scan_triton)
 
 # pointers default to fp32; index pointers and low-precision activations are named here
 INDEX = {'INV': '*i32', 'ORDER': '*i64'}
@@ -62,9 +62,6 @@ def main():
     compile_for_sm90(scan._scan_bwd_kernel, flags, 'LN',
                      activations=('U', 'DELTA', 'BM', 'CM', 'DY', 'DU', 'DDELTA'))
     compile_for_sm90(scan._combine_segments_kernel, dict(BLOCK=256), 'N')
-    for taps in (dict(K=9, TAPS=128, TH=16, TW=64), dict(K=3, TAPS=16, TH=8, TW=8)):
-        compile_for_sm90(depthwise_conv_triton._dw_grad_weight_kernel, taps, 'CHW',
-                         activations=('X', 'G'))
 
 if __name__ == '__main__':
     main()

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from ..registry import MODELS
 from ._triton import use_triton
-from .depthwise_conv import DepthwiseConv2d
 from .layer_norm import LayerNorm
 
 
@@ -89,7 +88,7 @@ class ConvOffset(nn.Module):
 
     def __init__(self, dim, kernel_size):
         super().__init__()
-        self.conv1 = DepthwiseConv2d(dim, kernel_size)
+        self.conv1 = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
         self.ca = nn.Sequential(nn.Linear(dim, dim // 16), nn.GELU(), nn.Linear(dim // 16, dim),
                                 nn.Sigmoid())
         self.ln = LayerNorm(dim, autocast_output=True)  # feeds conv2 only

@@ -14,8 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
-from mmdefscan.ops import (DeformableScan, DepthwiseConv2d, layer_norm_ref,  # noqa: E402
-                          merge_scans_gate_ref)
+from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
 
@@ -63,12 +62,7 @@ def cases(dim, height, width, batch, dtype, stage):
     order = torch.rand(batch, tokens, device=dev).argsort(-1)
     cl = cf.permute(0, 2, 3, 1)
     scan = DeformableScan(dim, stage).to(dev)
-    k = DeformableScan.kernel_sizes[stage]
-    convs = {size: DepthwiseConv2d(dim, size).to(dev) for size in {3, k}}
     return {
-        **{f'depthwise conv {size}x{size} (weight grad)': (with_triton('0', lambda c=c: c(cf)),
-                                                          with_triton('1', lambda c=c: c(cf)))
-           for size, c in convs.items()},
         'deformable sample + bias + sort': (with_triton('0', lambda: scan(cf)),
                                             with_triton('1', lambda: scan(cf))),
         'LayerNorm (B,H,W,C)': (lambda: layer_norm_ref(x, w, b, 1e-5),
