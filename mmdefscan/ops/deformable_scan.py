@@ -18,6 +18,8 @@ axis then samples its only pixel, which is the limit of the formula.
 On CUDA with Triton the two samples, their sum and the sort-gather run as one kernel
 (``kernels/deform_sample_triton.py``); the code below the Triton branch is the reference.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -166,42 +168,60 @@ def resize_matrix(size, table_size, dtype, device):
     return F.interpolate(eye, size=(size, 1), mode='bilinear', align_corners=False)[0, :, :, 0].T
 
 
-def _table_axis_weights(coord, size, resize):
-    """Along one axis, grid_sample's two taps (bilinear, zero padding, align_corners=True) at
-    ``coord`` (normalised) on the resized table, expressed on the table itself: weights
-    (..., table_size) and their derivative in ``coord``."""
-    pixel = (coord + 1) / 2 * (size - 1)
+@functools.lru_cache(maxsize=32)
+def _table_taps(width, height, table_size, dtype, device):
+    """Constants of :func:`rpe_table_backward` for one map size, built once: the resize rows of
+    the x axis, then of the y axis, then a zero row for taps off the map (W + H + 1, t); the
+    first row of each axis, (0, W); the axis sizes (W, H) as integers; half the pixel span of
+    each axis, ((W - 1) / 2, (H - 1) / 2). Built by arithmetic on the device: a tensor made from
+    a Python list would be copied with a stream synchronisation."""
+    rows = torch.cat((resize_matrix(width, table_size, dtype, device),
+                      resize_matrix(height, table_size, dtype, device),
+                      torch.zeros(1, table_size, dtype=dtype, device=device)))
+    axis = torch.arange(2, device=device)
+    sizes = axis * (height - width) + width
+    return rows, axis * width, sizes, (sizes - 1).to(dtype) / 2
+
+
+def _table_weights(points, height, width, table_size):
+    """For every point (B, H, W, 2) as (x, y) and each axis, grid_sample's two taps (bilinear,
+    zero padding, align_corners=True) on the resized table expressed on the table itself:
+    weights (B, H, W, 2, t) and their derivatives in the normalised coordinate."""
+    rows, first_row, sizes, half_span = _table_taps(width, height, table_size, points.dtype,
+                                                    points.device)
+    pixel = (points + 1) * half_span
     low = pixel.floor()
     frac = (pixel - low)[..., None]
     low = low.long()
 
-    def tap(index):  # a row of the resize matrix, zero for a tap off the map
-        inside = ((index >= 0) & (index < size))[..., None]
-        return resize[index.clamp(0, size - 1)] * inside
+    def tap(index):  # the resize row of each tap, the zero row for a tap off the map
+        inside = (index >= 0) & (index < sizes)
+        return rows[torch.where(inside, index + first_row, rows.shape[0] - 1)]
     tap_low, tap_high = tap(low), tap(low + 1)
-    return tap_low * (1 - frac) + tap_high * frac, (tap_high - tap_low) * ((size - 1) / 2)
+    step = tap_high - tap_low
+    return tap_low + step * frac, step * half_span[:, None]
 
 
 def rpe_table_backward(grad_map, table, points):
-    """Gradients of grid_sample(resize_table(table), points) for the un-resized table (D, h, w)
+    """Gradients of grid_sample(resize_table(table), points) for the un-resized table (D, t, t)
     and for the points (B, H, W, 2) as (x, y), given grad_map (B, D, H, W), all float32.
 
     A bilinear sample of a bilinearly resized table is a product of one weight row per axis
     with the table, sum_ij wy_i wx_j T[d, i, j], so the table gradient is one matrix product
-    over all tokens and the point gradient reads h x w values per token: no atomic adds onto
-    the resized table (which PyTorch's two backwards do, and then again onto the 7 x 7 table)."""
+    over all tokens and the point gradient reads t x t values per token: no atomic adds onto
+    the resized table (which PyTorch's two backwards do, and then again onto the t x t table)."""
     batch, dim, height, width = grad_map.shape
-    _, rows, cols = table.shape
-    weight_y, slope_y = _table_axis_weights(
-        points[..., 1], height, resize_matrix(height, rows, table.dtype, table.device))
-    weight_x, slope_x = _table_axis_weights(
-        points[..., 0], width, resize_matrix(width, cols, table.dtype, table.device))
+    size = table.shape[-1]
+    if table.shape[1:] != (size, size):
+        raise ValueError(f'rpe_table_backward: table {tuple(table.shape)} is not (D, t, t)')
+    weights, slopes = _table_weights(points, height, width, size)
+    (weight_x, weight_y), (slope_x, slope_y) = weights.unbind(-2), slopes.unbind(-2)
     grad = grad_map.flatten(2)
-    weights = (weight_y[..., :, None] * weight_x[..., None, :]).view(batch, -1, rows * cols)
-    grad_table = torch.bmm(grad, weights).sum(0).view(dim, rows, cols)
-    # d loss / d (wy_i wx_j) per token: (B, H, W, h, w)
+    outer = (weight_y[..., :, None] * weight_x[..., None, :]).view(batch, -1, size * size)
+    grad_table = torch.bmm(grad, outer).sum(0).view(dim, size, size)
+    # d loss / d (wy_i wx_j) per token: (B, H, W, t, t)
     grad_weights = torch.matmul(grad.transpose(1, 2), table.view(dim, -1)).view(
-        batch, height, width, rows, cols)
+        batch, height, width, size, size)
     grad_y = ((grad_weights * weight_x[..., None, :]).sum(-1) * slope_y).sum(-1)
     grad_x = ((grad_weights * weight_y[..., :, None]).sum(-2) * slope_x).sum(-1)
     return grad_table, torch.stack((grad_x, grad_y), -1)
