@@ -258,6 +258,7 @@ class _SampleAndSort(torch.autograd.Function):
 
 def sample_and_sort_triton(x, table, pos, keys, key_x, key_y):
     """x (B, D, H, W), table (D, h, w) the rpe table (resized here), pos (B, H, W, 2) as (x, y),
-    keys (B, H*W), key_x (W,), key_y (H,), all but x float32 -> (tokens (B, D, H*W) in x's dtype and key order, order)."""
+    keys (B, H*W), key_x (W,), key_y (H,), all but x float32 -> (tokens (B, D, H*W) in x's
+    dtype and key order, order)."""
     return _SampleAndSort.apply(x.contiguous(), table.contiguous(), pos.contiguous(), keys,
                                 key_x, key_y)

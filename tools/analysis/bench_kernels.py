@@ -1,10 +1,12 @@
 """Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes.
 
     python tools/analysis/bench_kernels.py [--arch small] [--batch 128] [--dtype bf16]
-        [--map 56 56] [--only OP]   (stage-0 map; 200 336 with --batch 2 --dtype fp32: Mask R-CNN's)
+        [--map 56 56] [--only OP]
+    (--map 200 336 --batch 2 --dtype fp32: the stage-0 map of a Mask R-CNN image)
 
-Per stage of the variant (224x224 input by default): forward and forward+backward milliseconds of each op, PyTorch
-vs Triton, CUDA events, median of 20 after warm-up; a markdown table at the end.
+Per stage of the variant (224x224 input by default): forward and forward+backward milliseconds
+of each op, PyTorch vs Triton, CUDA events, median of 20 after warm-up; a markdown table at the
+end.
 """
 import argparse
 import os

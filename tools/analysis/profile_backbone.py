@@ -20,7 +20,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark import MODELS, Classifier, autocast, build_backbone, build_downstream  # noqa: E402,E501
+from benchmark import (MODELS, Classifier, autocast, build_backbone,  # noqa: E402
+                       build_downstream)
 
 
 def main():
