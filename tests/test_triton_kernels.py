@@ -164,6 +164,20 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
         assert max_rel_err(grad, ref_grads[name]) < max(tol, 1e-4), name
 
 
+def test_deformable_scan_trains_after_an_inference_mode_call(monkeypatch):
+    """The cached coordinate grids are made once per map size; one first made under
+    torch.inference_mode (a test loop) is saved for the backward of a later training step."""
+    monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda t: True)
+    scan = DeformableScan(8, stage=3).to(DEVICE)
+    x = torch.randn(1, 8, 5, 11, device=DEVICE)  # a map size no other test uses
+    with torch.inference_mode():
+        scan(x)
+    tokens, _ = scan(x.requires_grad_())
+    tokens.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert scan.rpe_table.grad.abs().sum() > 0
+
+
 SCAN_CASES = {  # groups, channels per group, states, steps, segments, softplus + bias + D
     'grouped': (2, 8, 3, 150, 1, True),
     'grouped, 3 segments': (2, 8, 3, 700, 3, True),
