@@ -2,13 +2,17 @@
 
     python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
         [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
-        [--compile] [--detector CONFIG ...] [--segmentor CONFIG ...] [--json out.json]
+        [--compile] [--cuda-graphs] [--detector CONFIG ...] [--segmentor CONFIG ...]
+        [--json out.json]
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
 training step. fp32 runs with TF32 on (CUDA); bf16 under autocast. CUDA timings use events;
 the median of ``--iters`` runs after ``--warmup``. ``--compile`` runs every model through
-``torch.compile`` (warm-up includes the compilation). A markdown table is printed last.
+``torch.compile`` (warm-up includes the compilation); ``--cuda-graphs`` captures every model's
+inference step and whole training step (forward, backward, AdamW) in a CUDA graph and times its
+replays, which takes the host's launch work out of the classification rows (training on the
+H200 is host-bound, docs/performance.md round 4). A markdown table is printed last.
 """
 import argparse
 import json
@@ -116,9 +120,25 @@ def timed_train_step(step, timer, args, device):
     return seconds, peak
 
 
-def autocast(device, dtype):
+def autocast(device, dtype, cache_enabled=True):
     low = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-    return torch.autocast(device.type, dtype=low.get(dtype, torch.bfloat16), enabled=dtype in low)
+    return torch.autocast(device.type, dtype=low.get(dtype, torch.bfloat16), enabled=dtype in low,
+                          cache_enabled=cache_enabled)
+
+
+def cuda_graph(step, warmup=3):
+    """``step`` captured in a CUDA graph after a few eager calls on a side stream (they compile
+    the Triton kernels and fill the caches); returns the graph's replay. Tensors are static."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def bench_classification(name, args, device, timer):
@@ -128,27 +148,30 @@ def bench_classification(name, args, device, timer):
         model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
     params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
     run = torch.compile(model, dynamic=False) if args.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    graphs = args.cuda_graphs and device.type == 'cuda'
+    # a captured optimizer step keeps its step count on the GPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graphs)
     for dtype in args.dtypes:
         x = torch.randn(args.batch, 3, 224, 224, device=device)
         model.eval()
 
         def infer():
-            with torch.no_grad(), autocast(device, dtype):
+            with torch.no_grad(), autocast(device, dtype, cache_enabled=not graphs):
                 run(x)
-        t_inf = timer(infer, args.iters, args.warmup)
+        t_inf = timer(cuda_graph(infer) if graphs else infer, args.iters, args.warmup)
         xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (args.train_batch,), device=device)
         model.train()
 
         def train():
-            with autocast(device, dtype):
+            with autocast(device, dtype, cache_enabled=not graphs):
                 loss = nn.functional.cross_entropy(run(xt), target)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        t_train, peak = timed_train_step(train, timer, args, device)
-        mode = dtype + ('+compile' if args.compile else '')
+        t_train, peak = timed_train_step(cuda_graph(train) if graphs else train, timer, args,
+                                         device)
+        mode = dtype + ('+compile' if args.compile else '') + ('+graphs' if graphs else '')
         rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
                          infer_img_s=round(args.batch / t_inf, 1),
                          train_img_s=round(args.train_batch / t_train, 1),
@@ -238,6 +261,8 @@ def main():
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--compile', action='store_true', help='torch.compile every model')
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='replay each classification step from a CUDA graph (CUDA only)')
     parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
     parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
     parser.add_argument('--json', help='write all rows here')
