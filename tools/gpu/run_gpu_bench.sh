@@ -3,7 +3,8 @@
 # call, or built here) and mamba-ssm's kernel built for this GPU (skipped when a warm machine
 # already has them), then the chosen steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR_WITH_mmcvwhl.part.*|-] [STEP ...]
-# steps: tests scan kernels backbones downstream scaling profile (default: all but profile); env
+# steps: tests scan kernels backbones graphs downstream scaling profile (default: all but profile
+# and graphs); env
 # BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to bench_scan.py. A call
 # is limited to 10 minutes: split the steps over two calls on a warm machine.
 set -u
@@ -39,6 +40,12 @@ for step in $STEPS; do
         --json "$OUT/backbones.json" > "$OUT/backbones.log" 2>&1
       grep -E "not importable|Error" "$OUT/backbones.log" | cut -c1-200 | tail -5
       sed -n '/^### /,$p' "$OUT/backbones.log" ;;
+    graphs)
+      python3 tools/analysis/benchmark.py --cuda-graphs --models ${BACKBONES:-Swin-T/timm \
+        DefMamba-T DefMamba-S DefMamba-B} --iters 10 --warmup 2 \
+        --json "$OUT/graphs.json" > "$OUT/graphs.log" 2>&1
+      grep -E "Error" "$OUT/graphs.log" | cut -c1-200 | tail -5
+      sed -n '/^### /,$p' "$OUT/graphs.log" ;;
     downstream)
       python3 tools/analysis/benchmark.py --models --iters 6 --warmup 2 \
         --downstream-dtypes ${DOWNSTREAM_DTYPES:-fp32 fp16} \
