@@ -4,9 +4,8 @@
 # already has them), then the chosen steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR_WITH_mmcvwhl.part.*|-] [STEP ...]
 # steps: tests scan kernels backbones graphs downstream scaling profile (default: all but profile
-# and graphs); env
-# BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to bench_scan.py. A call
-# is limited to 10 minutes: split the steps over two calls on a warm machine.
+# and graphs); env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to
+# bench_scan.py. A call is limited to 10 minutes: split the steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
