@@ -89,18 +89,25 @@ class Classifier(nn.Module):
 
 
 class Timer:
+    """Median seconds of ``fn`` (CUDA events on the GPU); ``host`` keeps the median time until
+    ``fn`` returned, the host's share: close to the step time when the host is the bottleneck."""
+
     def __init__(self, device):
         self.cuda = device.type == 'cuda'
+        self.host = float('nan')
 
     def __call__(self, fn, iters, warmup):
         for _ in range(warmup):
             fn()
-        times = []
+        times, host = [], []
         for _ in range(iters):
             if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
                 start.record()
+                t0 = time.perf_counter()
                 fn()
+                host.append(time.perf_counter() - t0)
                 end.record()
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
@@ -108,6 +115,8 @@ class Timer:
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
+                host.append(times[-1])
+        self.host = statistics.median(host)
         return statistics.median(times)
 
 
@@ -175,7 +184,8 @@ def bench_classification(name, args, device, timer):
         rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
                          infer_img_s=round(args.batch / t_inf, 1),
                          train_img_s=round(args.train_batch / t_train, 1),
-                         train_peak_GiB=round(peak, 2)))
+                         train_peak_GiB=round(peak, 2), train_ms=round(t_train * 1e3, 1),
+                         train_host_ms=round(timer.host * 1e3, 1)))
         print(rows[-1], flush=True)
     del model, run, optimizer
     if device.type == 'cuda':
@@ -204,7 +214,8 @@ def build_downstream(config, kind, device):
         for _ in range(batch):
             s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                                             batch_input_shape=(h, w), scale_factor=(1., 1.)))
-            boxes = torch.tensor([[100., 100., 400., 300.], [500., 200., 900., 700.]], device=device)
+            boxes = torch.tensor([[100., 100., 400., 300.], [500., 200., 900., 700.]],
+                                 device=device)
             masks = torch.zeros(2, h, w, dtype=torch.bool)
             masks[0, 100:300, 100:400] = True
             masks[1, 200:700, 500:900] = True
@@ -288,14 +299,15 @@ def main():
     peer = {r['dtype']: r for r in rows if r['model'] == reference}
     print(f'\n### 224x224, infer batch {args.batch}, train batch {args.train_batch}, {device}')
     print(f'| model | dtype | params M | infer img/s | train img/s | train peak GiB |'
-          f' infer / {reference} | train / {reference} |')
-    print('|---|---|---|---|---|---|---|---|')
+          f' train ms / host ms | infer / {reference} | train / {reference} |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         ref = peer.get(r['dtype'])
         ratio = (f"{r['infer_img_s'] / ref['infer_img_s']:.2f}x | "
                  f"{r['train_img_s'] / ref['train_img_s']:.2f}x") if ref else '- | -'
         print(f"| {r['model']} | {r['dtype']} | {r['params_M']} | {r['infer_img_s']} | "
-              f"{r['train_img_s']} | {r['train_peak_GiB']} | {ratio} |")
+              f"{r['train_img_s']} | {r['train_peak_GiB']} | {r['train_ms']} / "
+              f"{r['train_host_ms']} | {ratio} |")
     if downstream:
         print('\n| config | dtype | batch x shape | s / train iter | peak GiB |')
         print('|---|---|---|---|---|')
