@@ -63,9 +63,10 @@ def build_backbone(name):
     if scope != 'mmdefscan':
         try:
             __import__(f'{scope}.models')
-        except ImportError:
+        except ImportError as err:
             if name in TIMM_PEERS:
-                print(f'{name}: {scope} not importable, using timm {TIMM_PEERS[name]}')
+                print(f'{name}: {scope} not importable ({type(err).__name__}: {err}), using timm '
+                      f'{TIMM_PEERS[name]}')
                 return TimmFeatures(TIMM_PEERS[name])
             raise
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
