@@ -102,20 +102,29 @@ def test_defmamba_cuda_matches_cpu():
     assert max(errs) < 1e-4
 
 
+def training_step(name, dtype, autocast_cache=True, **kwargs):
+    """(tiny backbone in train mode, a step: forward on a fixed 2 x 224 x 224 batch, mean of
+    the outputs, backward; returns the loss)."""
+    from mmdefscan.models import backbones
+    model = getattr(backbones, name)(arch='tiny', **kwargs).cuda().train()
+    x = torch.randn(2, 3, 224, 224, device='cuda')
+
+    def step():
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32,
+                            cache_enabled=autocast_cache):
+            loss = sum(out.float().mean() for out in model(x))
+        loss.backward()
+        return loss
+    return model, step
+
+
 @cuda
 @pytest.mark.parametrize('name', ['DefMamba', 'SpatialMamba', 'DAMamba'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_training_step_never_synchronises(name, dtype):
     """A forward + backward never waits for the GPU (no .item(), no tensor built from a list):
     one synchronisation per block kept the host from running ahead of the kernels."""
-    from mmdefscan.models import backbones
-    model = getattr(backbones, name)(arch='tiny').cuda().train()
-    x = torch.randn(2, 3, 224, 224, device='cuda')
-
-    def step():
-        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-            loss = sum(out.float().mean() for out in model(x))
-        loss.backward()
+    _, step = training_step(name, dtype)
     step()  # the first call compiles the Triton kernels and fills the allocator's cache
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
@@ -130,17 +139,8 @@ def test_training_step_never_synchronises(name, dtype):
 def test_training_step_replays_from_a_cuda_graph(name):
     """Forward + backward captured in a CUDA graph (benchmark.py --cuda-graphs) replays to the
     eager gradients: the kernels neither synchronise nor allocate outside the graph's pool."""
-    from mmdefscan.models import backbones
     torch.manual_seed(0)
-    model = getattr(backbones, name)(arch='tiny', drop_path_rate=0.0).cuda().train()
-    x = torch.randn(2, 3, 224, 224, device='cuda')
-
-    def step():
-        with torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=False):
-            loss = sum(out.float().mean() for out in model(x))
-        loss.backward()
-        return loss
-
+    model, step = training_step(name, torch.bfloat16, autocast_cache=False, drop_path_rate=0.0)
     eager_loss = step().detach()
     eager_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     stream = torch.cuda.Stream()
