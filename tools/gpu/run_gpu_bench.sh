@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
-# On the device: the wheelhouse, mmcv with CUDA ops (a wheel carried in parts from an earlier
-# call, or built here) and mamba-ssm's kernel built for this GPU (skipped when a warm machine
-# already has them), then the chosen steps. Results land in $OUT.
-#   bash tools/gpu/run_gpu_bench.sh [DIR_WITH_mmcvwhl.part.*|-] [STEP ...]
-# steps: tests scan kernels backbones graphs downstream scaling profile (default: all but profile
-# and graphs); env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to
-# bench_scan.py. A call is limited to 10 minutes: split the steps over two calls on a warm machine.
+# On the device: the wheelhouse, then mmcv with CUDA ops and mamba-ssm's kernel, either unpacked
+# from DIR/ext.tar.xz.part.* (left by an earlier call's `build` step, see pack_ext.sh) or else
+# compiled here for this GPU (skipped when a warm machine already has them); then the chosen
+# steps. Results land in $OUT.
+#   bash tools/gpu/run_gpu_bench.sh [DIR|-] [STEP ...]
+# steps: build tests scan kernels backbones graphs downstream scaling profile (default: all but
+# build, profile and graphs); `build` packs the compiled extensions into $OUT. Env BACKBONES /
+# DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to bench_scan.py. A call is limited to
+# 10 minutes: split the steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
 shift || true
 STEPS=${*:-tests kernels backbones downstream scaling}
-if ! python3 -c "import selective_scan_cuda, mmcv.ops" 2> /dev/null; then
-  if [ "$PARTS" != - ] && ls "$PARTS"/mmcvwhl.part.* > /dev/null 2>&1; then
-    WHEEL=/tmp/$(cat "$PARTS"/mmcvwhl.name)
-    cat "$PARTS"/mmcvwhl.part.* > "$WHEEL"
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEEL"
-    bash tools/gpu/build_ext.sh mamba "$(nproc)" || exit 1
-  else
-    bash tools/gpu/build_ext.sh mamba 8 & bash tools/gpu/build_ext.sh mmcv $(($(nproc) - 8)); wait
-  fi
+have_ext() { python3 -c "import torch, selective_scan_cuda, mmcv.ops" 2> /dev/null; }
+if ! have_ext && ls "$PARTS"/ext.tar.xz.part.* > /dev/null 2>&1; then
+  cat "$PARTS"/ext.tar.xz.part.* | xz -d | tar xf - -C "$SITE"
+fi
+if ! have_ext; then
+  bash tools/gpu/build_ext.sh mamba 8 & bash tools/gpu/build_ext.sh mmcv $(($(nproc) - 8)); wait
+  have_ext || exit 1
 fi
 for step in $STEPS; do
   echo "== $step ($(date +%T))"
   case $step in
+    build) bash tools/gpu/pack_ext.sh "$SITE" "$OUT" ;;
     tests)
       python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_triton_kernels.py \
         2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|rel err|per stage|Error" ;;
