@@ -2,8 +2,8 @@
 
     python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
         [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
-        [--compile] [--cuda-graphs] [--detector CONFIG ...] [--segmentor CONFIG ...]
-        [--json out.json]
+        [--compile] [--cuda-graphs] [--backbone-graphs] [--detector CONFIG ...]
+        [--segmentor CONFIG ...] [--json out.json]
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
@@ -12,7 +12,10 @@ the median of ``--iters`` runs after ``--warmup``. ``--compile`` runs every mode
 ``torch.compile`` (warm-up includes the compilation); ``--cuda-graphs`` captures every model's
 inference step and whole training step (forward, backward, AdamW) in a CUDA graph and times its
 replays, which takes the host's launch work out of the classification rows (training on the
-H200 is host-bound, docs/performance.md round 4). A markdown table is printed last.
+H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds our backbones
+(and those of the ``--segmentor`` configs) with ``cuda_graph=True``, what a user can switch on
+for static shapes: only their training forward + backward replay from graphs, the rest of the
+step stays eager, and the peers stay eager. A markdown table is printed last.
 """
 import argparse
 import json
@@ -56,7 +59,7 @@ class TimmFeatures(nn.Module):
         return feat.permute(0, 3, 1, 2) if feat.shape[-1] == self.model.num_features else feat
 
 
-def build_backbone(name):
+def build_backbone(name, cuda_graph=False):
     scope, cfg = MODELS[name]
     if scope == 'timm':
         return TimmFeatures(cfg)
@@ -72,6 +75,8 @@ def build_backbone(name):
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
     from mmengine.registry import init_default_scope
     init_default_scope(scope)
+    if scope == 'mmdefscan' and cuda_graph:
+        cfg = dict(cfg, cuda_graph=True)
     return registry.build(dict(cfg))
 
 
@@ -153,7 +158,8 @@ def cuda_graph(step, warmup=3):
 
 def bench_classification(name, args, device, timer):
     rows = []
-    model = Classifier(build_backbone(name)).to(device)
+    bb_graphs = args.backbone_graphs and device.type == 'cuda' and MODELS[name][0] == 'mmdefscan'
+    model = Classifier(build_backbone(name, bb_graphs)).to(device)
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
     params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
@@ -172,6 +178,8 @@ def bench_classification(name, args, device, timer):
         xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (args.train_batch,), device=device)
         model.train()
+        if hasattr(model.backbone, 'release_cuda_graph'):
+            model.backbone.release_cuda_graph()  # capture for this dtype
 
         def train():
             with autocast(device, dtype, cache_enabled=not graphs):
@@ -181,7 +189,8 @@ def bench_classification(name, args, device, timer):
             optimizer.zero_grad(set_to_none=True)
         t_train, peak = timed_train_step(cuda_graph(train) if graphs else train, timer, args,
                                          device)
-        mode = dtype + ('+compile' if args.compile else '') + ('+graphs' if graphs else '')
+        mode = dtype + ('+compile' if args.compile else '') + ('+graphs' if graphs else '') + (
+            '+bbgraphs' if bb_graphs else '')
         rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
                          infer_img_s=round(args.batch / t_inf, 1),
                          train_img_s=round(args.train_batch / t_train, 1),
@@ -194,9 +203,10 @@ def bench_classification(name, args, device, timer):
     return rows
 
 
-def build_downstream(config, kind, device):
+def build_downstream(config, kind, device, cuda_graph=False):
     """(model in train mode, images, data samples) of one training iteration of a full detector
-    (2 images of 800x1344) or segmentor (8 of 512x512) on random data."""
+    (2 images of 800x1344) or segmentor (8 of 512x512) on random data; ``cuda_graph`` switches
+    on the graphs of an mmdefscan backbone."""
     from mmengine.config import Config
     from mmengine.hub import get_config
     from mmengine.registry import init_default_scope
@@ -205,6 +215,8 @@ def build_downstream(config, kind, device):
     init_default_scope(cfg.default_scope)
     registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
     cfg.model.backbone.pop('init_cfg', None)
+    if cuda_graph and cfg.model.backbone.type.startswith('mmdefscan.'):
+        cfg.model.backbone.cuda_graph = True
     model = registry.build(cfg.model).to(device).train()
     if kind == 'det':
         from mmdet.structures import DetDataSample
@@ -237,11 +249,16 @@ def build_downstream(config, kind, device):
 
 def bench_downstream(config, kind, args, device, timer):
     """Seconds per training iteration of a full detector / segmentor on random data."""
-    model, x, samples = build_downstream(config, kind, device)
+    # detection inputs change shape from batch to batch: graphs for the segmentors only
+    graphed = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
+    model, x, samples = build_downstream(config, kind, device, graphed)
     batch, h, w = x.shape[0], *x.shape[2:]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = []
     for dtype in args.downstream_dtypes:
+        if hasattr(model.backbone, 'release_cuda_graph'):
+            model.backbone.release_cuda_graph()  # capture for this dtype
+
         def step():
             with autocast(device, dtype):
                 loss, _ = model.parse_losses(model.loss(x, samples))
@@ -249,7 +266,8 @@ def bench_downstream(config, kind, args, device, timer):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         seconds, peak = timed_train_step(step, timer, args, device)
-        rows.append(dict(config=config, dtype=dtype, batch=batch, shape=f'{h}x{w}',
+        mode = dtype + ('+bbgraphs' if getattr(model.backbone, 'cuda_graph', None) else '')
+        rows.append(dict(config=config, dtype=mode, batch=batch, shape=f'{h}x{w}',
                          s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
         print(rows[-1], flush=True)
     del model, optimizer
@@ -275,6 +293,8 @@ def main():
     parser.add_argument('--compile', action='store_true', help='torch.compile every model')
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='replay each classification step from a CUDA graph (CUDA only)')
+    parser.add_argument('--backbone-graphs', action='store_true',
+                        help='our backbones with cuda_graph=True (training replays from graphs)')
     parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
     parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
     parser.add_argument('--json', help='write all rows here')

@@ -4,9 +4,10 @@
 # compiled here for this GPU (skipped when a warm machine already has them); then the chosen
 # steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR|-] [STEP ...]
-# steps: build tests scan kernels backbones graphs downstream scaling profile (default: all but
-# build, profile and graphs); `build` packs the compiled extensions into $OUT. Env BACKBONES /
-# DOWNSTREAM_DTYPES narrow the benchmark, SCAN_ARGS go to bench_scan.py. A call is limited to
+# steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile (default:
+# all but build, profile, graphs and bbgraphs); `build` packs the compiled extensions into $OUT.
+# Env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, TESTS_K selects tests (pytest -k),
+# SCAN_ARGS go to bench_scan.py. A call is limited to
 # 10 minutes: split the steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
@@ -27,7 +28,7 @@ for step in $STEPS; do
     build) bash tools/gpu/pack_ext.sh "$SITE" "$OUT" ;;
     tests)
       python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_triton_kernels.py \
-        2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|rel err|per stage|Error" ;;
+        tests/test_cuda_graph.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|rel err|per stage|Error" ;;
     scan)
       python3 tools/analysis/bench_scan.py ${SCAN_ARGS:-} > "$OUT/scan.log" 2>&1
       grep -E "Error|error" "$OUT/scan.log" | tail -5; sed -n '/^### /,$p' "$OUT/scan.log" ;;
@@ -46,6 +47,13 @@ for step in $STEPS; do
         --json "$OUT/graphs.json" > "$OUT/graphs.log" 2>&1
       grep -E "Error" "$OUT/graphs.log" | cut -c1-200 | tail -5
       sed -n '/^### /,$p' "$OUT/graphs.log" ;;
+    bbgraphs)
+      python3 tools/analysis/benchmark.py --backbone-graphs --models ${BACKBONES:-Swin-T/timm \
+        DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
+        --segmentor configs/upernet_defmamba_s_ade20k.py --downstream-dtypes fp32 \
+        --json "$OUT/bbgraphs.json" > "$OUT/bbgraphs.log" 2>&1
+      grep -E "Error|skipped" "$OUT/bbgraphs.log" | cut -c1-200 | tail -5
+      sed -n '/^### /,$p' "$OUT/bbgraphs.log" ;;
     downstream)
       python3 tools/analysis/benchmark.py --models --iters 6 --warmup 2 \
         --downstream-dtypes ${DOWNSTREAM_DTYPES:-fp32 fp16} \

@@ -1,18 +1,42 @@
-"""What every mmdefscan backbone shares: strict pretrained loading, frozen stages, input checks."""
+"""What every mmdefscan backbone shares: strict pretrained loading, frozen stages, input checks,
+opt-in CUDA graphs."""
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 
 from ..checkpoint import load_backbone_weights
+from ..cuda_graph import CudaGraphCache
 
 
 class ScanBackbone(BaseModule):
     """Base of the backbones. Subclasses set the class attributes below and ``self.frozen_stages``
-    and implement ``_frozen_modules(stage)`` (stage -1 = stem)."""
+    and implement ``_frozen_modules(stage)`` (stage -1 = stem) and ``forward_eager(x)``.
+
+    ``cuda_graph=True``: training steps on CUDA replay the backbone's forward and backward from
+    CUDA graphs captured at the first step (static input shapes only; see ``cuda_graph.py``)."""
 
     in_channels = 3
     head_prefixes = ()  # classification-head keys dropped when loading an ImageNet checkpoint
     optional_prefixes = ()  # keys a classification checkpoint cannot have (new output norms)
+
+    def __init__(self, init_cfg=None, cuda_graph=False):
+        super().__init__(init_cfg=init_cfg)
+        self.cuda_graph = CudaGraphCache() if cuda_graph else None
+
+    def forward(self, x):
+        self._check_input(x)
+        if self.cuda_graph is not None and self.cuda_graph.applies(self, x):
+            return self.cuda_graph(self, x)
+        return self.forward_eager(x)
+
+    def forward_eager(self, x):
+        raise NotImplementedError
+
+    def release_cuda_graph(self):
+        """Drop the captured graphs and their memory; the next training step captures again
+        (for a new input shape or autocast dtype, which would otherwise run eagerly)."""
+        if self.cuda_graph is not None:
+            self.cuda_graph = CudaGraphCache()
 
     def init_weights(self):
         cfg = self.init_cfg
@@ -77,8 +101,7 @@ class ChannelsLastBackbone(ScanBackbone):
                 x = block(x)
         return x
 
-    def forward(self, x):
-        self._check_input(x)
+    def forward_eager(self, x):
         x = self.patch_embed(x)
         outs = []
         for i, layer in enumerate(self.layers):

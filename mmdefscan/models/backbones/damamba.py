@@ -245,6 +245,8 @@ class DAMamba(ScanBackbone):
         frozen_stages: -1 none; 0 the stem; k the stem and stages 0..k-1 (with their norms).
         drop_path_rate: stochastic depth; defaults to the variant's downstream value.
         with_cp: activation checkpointing per block (BatchNorm statistics move once, as without).
+        cuda_graph: replay the training forward + backward from CUDA graphs (static input
+            shapes: classification, segmentation crops; see ``mmdefscan/models/cuda_graph.py``).
         norm_cfg: the BatchNorms of stem, downsampling and blocks; official ``SyncBN`` by default,
             which is plain BatchNorm without a process group (see :func:`build_norm`).
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly; official
@@ -257,14 +259,14 @@ class DAMamba(ScanBackbone):
     head_prefixes = ('head.',)
 
     def __init__(self, arch=None, out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                 drop_path_rate=None, with_cp=False, norm_cfg=None, init_cfg=None,
-                 **official_kwargs):
+                 drop_path_rate=None, with_cp=False, cuda_graph=False, norm_cfg=None,
+                 init_cfg=None, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
         if cfg['pretrained']:
             if init_cfg is not None:
                 raise ValueError('DAMamba: give either pretrained= or init_cfg=, not both')
             init_cfg = dict(type='Pretrained', checkpoint=cfg['pretrained'])
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph)
         dims, depths = cfg['dims'], cfg['depths']
         self.dims = dims
         self.depths = depths
@@ -386,8 +388,7 @@ class DAMamba(ScanBackbone):
                 x = block(x)
         return x
 
-    def forward(self, x):
-        self._check_input(x)
+    def forward_eager(self, x):
         x = self.stem(x)
         outs = []
         for i in range(max(self.out_indices) + 1):

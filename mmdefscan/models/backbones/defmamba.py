@@ -135,6 +135,8 @@ class DefMamba(ChannelsLastBackbone):
         frozen_stages: -1 none; 0 the stem; k the stem and stages 0..k-1.
         drop_path_rate: stochastic depth; defaults to the variant's ImageNet value.
         with_cp: activation checkpointing per block (saves memory, costs a recompute).
+        cuda_graph: replay the training forward + backward from CUDA graphs (static input
+            shapes: classification, segmentation crops; see ``mmdefscan/models/cuda_graph.py``).
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly.
         **official_kwargs: the official ``MM_VSSM`` keywords (``dims``, ``depths``,
             ``ssm_d_state``, ``ssm_ratio``, ``ssm_dt_rank``, ``mlp_ratio``, ``pretrained``, ...),
@@ -144,13 +146,14 @@ class DefMamba(ChannelsLastBackbone):
     optional_prefixes = ('outnorm',)
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                 drop_path_rate=None, with_cp=False, init_cfg=None, **official_kwargs):
+                 drop_path_rate=None, with_cp=False, cuda_graph=False, init_cfg=None,
+                 **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
         if cfg.pop('pretrained', None):
             if init_cfg is not None:
                 raise ValueError('DefMamba: give either pretrained= or init_cfg=, not both')
             init_cfg = dict(type='Pretrained', checkpoint=official_kwargs['pretrained'])
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph)
         dims, depths = cfg['dims'], cfg['depths']
         self.dims = dims
         self.out_indices = tuple(out_indices)

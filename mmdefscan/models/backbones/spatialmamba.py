@@ -199,6 +199,8 @@ class SpatialMamba(ChannelsLastBackbone):
             downsampling and output norms).
         drop_path_rate: stochastic depth; defaults to the variant's ImageNet value.
         with_cp: activation checkpointing per block (saves memory, costs a recompute).
+        cuda_graph: replay the training forward + backward from CUDA graphs (static input
+            shapes: classification, segmentation crops; see ``mmdefscan/models/cuda_graph.py``).
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly; official
             ImageNet checkpoints (``'model'`` with ``norm.*`` / ``head.*``, no output norms) load
             as they are.
@@ -211,13 +213,14 @@ class SpatialMamba(ChannelsLastBackbone):
     optional_prefixes = ('outnorm',)
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                 drop_path_rate=None, with_cp=False, init_cfg=None, **official_kwargs):
+                 drop_path_rate=None, with_cp=False, cuda_graph=False, init_cfg=None,
+                 **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
         if cfg['pretrained']:
             if init_cfg is not None:
                 raise ValueError('SpatialMamba: give either pretrained= or init_cfg=, not both')
             init_cfg = dict(type='Pretrained', checkpoint=cfg['pretrained'])
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph)
         dims, depths = cfg['dims'], cfg['depths']
         self.dims = dims
         self.out_indices = tuple(out_indices)

@@ -1,0 +1,140 @@
+"""The backbones' ``cuda_graph=True`` option: eager (and unchanged) on CPU, in eval and on other
+shapes; on CUDA the replayed training step equals the eager one (run on the device)."""
+import copy
+import pickle
+
+import pytest
+import torch
+
+from _refs import max_rel_err
+from mmdefscan.models import backbones
+from mmdefscan.models.cuda_graph import CudaGraphCache
+
+NAMES = ['DefMamba', 'SpatialMamba', 'DAMamba']
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+def pair(name, device='cpu', **kwargs):
+    """(backbone with cuda_graph=True, the same weights without), tiny, no drop path."""
+    torch.manual_seed(0)
+    graphed = getattr(backbones, name)(arch='tiny', drop_path_rate=0.0, cuda_graph=True,
+                                       **kwargs).to(device)
+    eager = getattr(backbones, name)(arch='tiny', drop_path_rate=0.0, **kwargs).to(device)
+    eager.load_state_dict(graphed.state_dict())
+    return graphed, eager
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_cuda_graph_option_changes_nothing_on_cpu(name):
+    graphed, eager = pair(name)
+    assert graphed.state_dict().keys() == eager.state_dict().keys()
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    outs = graphed.train()(x)
+    sum(o.sum() for o in outs).backward()
+    grad, x.grad = x.grad, None
+    outs_eager = eager.train()(x)
+    sum(o.sum() for o in outs_eager).backward()
+    assert all(torch.equal(a, b) for a, b in zip(outs, outs_eager))
+    assert torch.equal(grad, x.grad)
+    assert graphed.cuda_graph.graphed is None  # nothing was captured
+
+
+def test_cuda_graph_copies_and_pickles_without_the_graph():
+    """EMA hooks deepcopy the model and checkpoints may pickle it: the copy starts uncaptured."""
+    model = backbones.DefMamba(arch='tiny', cuda_graph=True)
+    model.cuda_graph.key, model.cuda_graph.graphed = 'captured', object()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert isinstance(clone.cuda_graph, CudaGraphCache) and clone.cuda_graph.graphed is None
+    model.release_cuda_graph()
+    assert model.cuda_graph.graphed is None
+    assert backbones.DefMamba(arch='tiny').cuda_graph is None
+
+
+def test_cuda_graph_with_checkpointing_is_a_clear_error():
+    model = backbones.DefMamba(arch='tiny', cuda_graph=True, with_cp=True)
+    with pytest.raises(ValueError, match='cannot be combined with with_cp'):
+        model.cuda_graph.capture(model, torch.randn(1, 3, 32, 32), key=None)
+
+
+def projection_loss(outs, weights):
+    return sum((o.float() * w).mean() for o, w in zip(outs, weights))
+
+
+@cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('name', NAMES)
+def test_cuda_graph_trains_like_eager(name, dtype, monkeypatch):
+    """Three SGD steps with and without the graphs: the same losses, weights and BatchNorm
+    statistics (DAMamba's, which the capture's warm-up steps would otherwise move); then a
+    batch of another size and an eval call run eagerly."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    graphed, eager = pair(name, 'cuda')
+    x = torch.randn(4, 3, 128, 128, device='cuda')
+    with torch.no_grad():
+        weights = [torch.randn_like(o) for o in eager.eval()(x)]
+    losses = {}
+    for model in (graphed, eager):
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses[model is graphed] = []
+        for _ in range(3):
+            with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+                loss = projection_loss(model(x), weights)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses[model is graphed].append(loss.item())
+    assert graphed.cuda_graph.graphed is not None
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert losses[True] == pytest.approx(losses[False], rel=tol, abs=1e-6)
+    for (key, a), b in zip(graphed.state_dict().items(), eager.state_dict().values()):
+        if a.is_floating_point():  # relative to the tensor's largest value (some start at 0)
+            assert (a - b).abs().max() <= tol * b.abs().max().clamp_min(1e-3), key
+        else:
+            assert torch.equal(a, b), key  # BatchNorm's num_batches_tracked
+    eager.load_state_dict(graphed.state_dict())
+    with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+        small, small_eager = graphed(x[:2]), eager(x[:2])  # another shape: eager
+    assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(small, small_eager))
+    with torch.no_grad():
+        outs, outs_eager = graphed.eval()(x), eager.eval()(x)
+    assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(outs, outs_eager))
+
+
+class _Replay(torch.autograd.Function):
+    """Stands in for the graph's replay on CPU: one custom autograd node over all outputs."""
+
+    @staticmethod
+    def forward(ctx, *outs):
+        return tuple(o.detach().clone() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return grads
+
+
+def test_a_second_forward_before_the_backward_runs_eagerly(monkeypatch):
+    """Two views through the backbone before one backward (SimSiam-style): the graph's buffers
+    hold the first, so the second must not replay; after the backward, replay again."""
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).train()
+    cache = model.cuda_graph
+    replays = []
+
+    def replay(x):
+        replays.append(x)
+        return _Replay.apply(*model.forward_eager(x))
+    x = torch.randn(1, 3, 32, 32)
+    cache.graphed, cache.key = replay, cache.state(model, x)
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
+    first = model(x)
+    second = model(x)
+    assert len(replays) == 1 and cache.in_use()
+    (sum(o.sum() for o in first) + sum(o.sum() for o in second)).backward()
+    assert not cache.in_use()
+    third = model(x)
+    assert len(replays) == 2
+    del third  # a forward whose outputs are dropped without a backward frees the buffers
+    assert not cache.in_use()
+    model(x)
+    assert len(replays) == 3
