@@ -61,45 +61,74 @@ def projection_loss(outs, weights):
 
 
 @cuda
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('name', NAMES)
-def test_cuda_graph_trains_like_eager(name, dtype, monkeypatch):
-    """Three SGD steps with and without the graphs: the same losses, weights and BatchNorm
-    statistics (DAMamba's, which the capture's warm-up steps would otherwise move); then a
-    batch of another size and an eval call run eagerly."""
+def test_cuda_graph_trains_like_eager(name, monkeypatch):
+    """Three SGD steps with and without the graphs (fp32, TF32 off): the same losses, weight
+    updates and BatchNorm statistics (DAMamba's, which the capture's warm-up steps would
+    otherwise move); then a batch of another size and an eval call run eagerly. Updates agree
+    to 5% of each tensor's largest update: the backward's atomic adds alone move a few small
+    ones by 0.3% over three steps (SpatialMamba's stem norm), a lost gradient moves them 100%."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     graphed, eager = pair(name, 'cuda')
     x = torch.randn(4, 3, 128, 128, device='cuda')
     with torch.no_grad():
         weights = [torch.randn_like(o) for o in eager.eval()(x)]
+    start = {k: v.clone() for k, v in eager.state_dict().items()}
     losses = {}
     for model in (graphed, eager):
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         losses[model is graphed] = []
         for _ in range(3):
-            with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-                loss = projection_loss(model(x), weights)
+            loss = projection_loss(model(x), weights)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses[model is graphed].append(loss.item())
     assert graphed.cuda_graph.graphed is not None
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    assert losses[True] == pytest.approx(losses[False], rel=tol, abs=1e-6)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-7)
     for (key, a), b in zip(graphed.state_dict().items(), eager.state_dict().values()):
-        if a.is_floating_point():  # relative to the tensor's largest value (some start at 0)
-            assert (a - b).abs().max() <= tol * b.abs().max().clamp_min(1e-3), key
+        if a.is_floating_point():
+            update_graphed, update = a - start[key], b - start[key]
+            assert (update_graphed - update).abs().max() <= 0.05 * update.abs().max() + 1e-12, key
         else:
             assert torch.equal(a, b), key  # BatchNorm's num_batches_tracked
     eager.load_state_dict(graphed.state_dict())
-    with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-        small, small_eager = graphed(x[:2]), eager(x[:2])  # another shape: eager
+    small, small_eager = graphed(x[:2]), eager(x[:2])  # another shape: eager
     assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(small, small_eager))
     with torch.no_grad():
         outs, outs_eager = graphed.eval()(x), eager.eval()(x)
     assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(outs, outs_eager))
+
+
+@cuda
+@pytest.mark.parametrize('name', NAMES)
+def test_cuda_graph_under_bf16_autocast(name):
+    """The replayed step is captured under bf16 autocast (the weights cast inside the graph):
+    its loss and gradients are much closer to eager bf16 than eager bf16 is to fp32."""
+    graphed, eager = pair(name, 'cuda')
+    graphed.train(), eager.train()
+    x = torch.randn(4, 3, 128, 128, device='cuda')
+    weights = []
+
+    def step(model, dtype):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            outs = model(x)
+        if not weights:
+            weights.extend(torch.randn(o.shape, device='cuda') for o in outs)
+        loss = projection_loss(outs, weights)
+        loss.backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+        return loss.detach(), torch.cat([g.flatten().float() for g in grads])
+    loss_fp32, grads_fp32 = step(eager, torch.float32)
+    loss_bf16, grads_bf16 = step(eager, torch.bfloat16)
+    step(graphed, torch.bfloat16)  # captures
+    loss_graph, grads_graph = step(graphed, torch.bfloat16)  # replays
+    assert graphed.cuda_graph.key[3] == torch.bfloat16
+    assert (loss_graph - loss_bf16).abs() <= 0.5 * (loss_bf16 - loss_fp32).abs()
+    assert (grads_graph - grads_bf16).norm() <= 0.5 * (grads_bf16 - grads_fp32).norm()
 
 
 class _Replay(torch.autograd.Function):
