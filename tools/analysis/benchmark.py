@@ -126,9 +126,9 @@ class Timer:
         return statistics.median(times)
 
 
-def timed_train_step(step, timer, args, device):
+def timed_train_step(step, timer, args, device, reset_peak=True):
     """(median seconds, peak GiB on CUDA else nan) of a training step."""
-    if device.type == 'cuda':
+    if device.type == 'cuda' and reset_peak:
         torch.cuda.reset_peak_memory_stats()
     seconds = timer(step, args.iters, args.warmup)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
@@ -187,8 +187,10 @@ def bench_classification(name, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if graphs:  # the peak counts the graph's memory pool, filled at the capture
+            torch.cuda.reset_peak_memory_stats()
         t_train, peak = timed_train_step(cuda_graph(train) if graphs else train, timer, args,
-                                         device)
+                                         device, reset_peak=not graphs)
         mode = dtype + ('+compile' if args.compile else '') + ('+graphs' if graphs else '') + (
             '+bbgraphs' if bb_graphs else '')
         rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
