@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from _refs import max_rel_err
+from _refs import REPO, max_rel_err
 from mmdefscan.models import backbones
 from mmdefscan.models.cuda_graph import CudaGraphCache
 
@@ -37,6 +37,30 @@ def test_cuda_graph_option_changes_nothing_on_cpu(name):
     assert all(torch.equal(a, b) for a, b in zip(outs, outs_eager))
     assert torch.equal(grad, x.grad)
     assert graphed.cuda_graph.graphed is None  # nothing was captured
+
+
+def test_cuda_graph_option_from_an_mm_config():
+    """``--cfg-options model.backbone.cuda_graph=True`` reaches the backbone through mmseg's
+    registry, and a training step of the whole segmentor runs (eagerly on CPU)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    cfg = Config.fromfile(str(REPO / 'configs/upernet_defmamba_t_ade20k.py'))
+    cfg.merge_from_dict({'model.backbone.cuda_graph': True, 'model.backbone.init_cfg': None})
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model).train()
+    assert isinstance(model.backbone.cuda_graph, CudaGraphCache)
+    samples = []  # two images: the pyramid pooling's BatchNorm needs more than one value
+    for _ in range(2):
+        samples.append(SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
+                                                   pad_shape=(64, 64))))
+        samples[-1].gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64)))
+    loss, _ = model.parse_losses(model.loss(torch.randn(2, 3, 64, 64), samples))
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.patch_embed[0].weight.grad is not None
 
 
 def test_cuda_graph_copies_and_pickles_without_the_graph():
