@@ -14,7 +14,8 @@ no_grad, another shape such as a smaller last batch) runs eagerly; a new shape i
 The capture itself runs three eager warm-up steps; BatchNorm statistics are restored after them.
 Outputs and saved activations live in the graph's static buffers until the next replay, so a
 second forward before the first one's backward (two views of a self-supervised method) runs
-eagerly.
+eagerly. Run on one GPU; under DistributedDataParallel the parameter gradients reach its hooks
+through autograd as usual, but that combination has not been run.
 """
 import weakref
 
@@ -113,11 +114,16 @@ class CudaGraphCache:
         # the warm-up steps update BatchNorm statistics: put them back afterwards
         buffers = [(b, b.clone()) for b in backbone.buffers()]
         autocast = key[3]
-        with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
-                            cache_enabled=False):
-            self.graphed = torch.cuda.make_graphed_callables(
-                _EagerForward(backbone), (x.detach().clone().requires_grad_(x.requires_grad),),
-                allow_unused_input=True)
+        try:
+            with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
+                                cache_enabled=False):
+                self.graphed = torch.cuda.make_graphed_callables(
+                    _EagerForward(backbone),
+                    (x.detach().clone().requires_grad_(x.requires_grad),), allow_unused_input=True)
+        except RuntimeError as err:
+            raise RuntimeError(f'{type(backbone).__name__}: capturing the CUDA graphs failed '
+                               f'({str(err).splitlines()[0]}); build it with cuda_graph=False') \
+                from err
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
