@@ -90,10 +90,10 @@ class CudaGraphCache:
         key = self.state(backbone, x)
         if self.graphed is None:
             self.capture(backbone, x, key)
-        if key != self.key:
-            self.report_once(backbone, key[:5], f'cuda_graph was captured for input '
+        if key != self.key:  # reported once: detection inputs would repeat it every batch
+            self.report_once(backbone, 'other input', f'cuda_graph was captured for input '
                              f'{self.key[:2]} with autocast {self.key[3]}; this call '
-                             f'({key[:2]}, autocast {key[3]}) runs eagerly')
+                             f'({key[:2]}, autocast {key[3]}) and any other input run eagerly')
             return backbone.forward_eager(x)
         if self.in_use():
             self.report_once(backbone, 'in use', 'a second forward before the backward of the '
