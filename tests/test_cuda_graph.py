@@ -90,8 +90,9 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
     """Three SGD steps with and without the graphs (fp32, TF32 off): the same losses, weight
     updates and BatchNorm statistics (DAMamba's, which the capture's warm-up steps would
     otherwise move); then a batch of another size and an eval call run eagerly. Updates agree
-    to 5% of each tensor's largest update: the backward's atomic adds alone move a few small
-    ones by 0.3% over three steps (SpatialMamba's stem norm), a lost gradient moves them 100%."""
+    to 5% of each tensor's largest update (or 1e-5 of its largest value, for updates that are
+    mostly atomic-add noise): the noise alone moved SpatialMamba's stem norm bias by 0.3% of its
+    update over three steps; a lost gradient moves it 100%, three extra BatchNorm updates ~30%."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     graphed, eager = pair(name, 'cuda')
@@ -115,7 +116,8 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
     for (key, a), b in zip(graphed.state_dict().items(), eager.state_dict().values()):
         if a.is_floating_point():
             update_graphed, update = a - start[key], b - start[key]
-            assert (update_graphed - update).abs().max() <= 0.05 * update.abs().max() + 1e-12, key
+            allowed = max(0.05 * update.abs().max(), 1e-5 * b.abs().max(), 1e-12)
+            assert (update_graphed - update).abs().max() <= allowed, key
         else:
             assert torch.equal(a, b), key  # BatchNorm's num_batches_tracked
     eager.load_state_dict(graphed.state_dict())
