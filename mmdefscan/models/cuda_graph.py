@@ -9,8 +9,8 @@ or optimizer works unchanged.
 
 What runs the graph: a training-mode forward with grad enabled, on CUDA, with the input shape,
 dtype, autocast dtype and trainable parameters (and input ``requires_grad``) of the first such
-call. Anything else (eval,
-no_grad, another shape such as a smaller last batch) runs eagerly; a new shape is reported once.
+call. Anything else (eval, no_grad, another shape such as a smaller last batch) runs eagerly;
+the first such input is reported in the log.
 The capture itself runs three eager warm-up steps; BatchNorm statistics are restored after them.
 Outputs and saved activations live in the graph's static buffers until the next replay, so a
 second forward before the first one's backward (two views of a self-supervised method) runs
@@ -26,8 +26,8 @@ from mmengine.logging import print_log
 
 class _EagerForward(nn.Module):
     """The backbone's eager forward as a module of its own for ``make_graphed_callables``
-    (which replaces the forward of the module it is given): the backbone is not a submodule,
-    so no reference cycle and no second set of state-dict keys."""
+    (which replaces the forward of the module it is given). The backbone is not registered as
+    a submodule: the wrapper adds no state-dict keys and ``modules()`` does not loop."""
 
     def __init__(self, backbone):
         super().__init__()
