@@ -126,11 +126,12 @@ class Timer:
         return statistics.median(times)
 
 
-def timed_train_step(step, timer, args, device, reset_peak=True):
-    """(median seconds, peak GiB on CUDA else nan) of a training step."""
-    if device.type == 'cuda' and reset_peak:
+def timed_train_step(step, timer, args, device, graph=False):
+    """(median seconds, peak GiB on CUDA else nan) of a training step; with ``graph`` the step is
+    captured first (:func:`cuda_graph`), so the peak counts the graph's memory pool."""
+    if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    seconds = timer(step, args.iters, args.warmup)
+    seconds = timer(cuda_graph(step) if graph else step, args.iters, args.warmup)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
     return seconds, peak
 
@@ -156,6 +157,15 @@ def cuda_graph(step, warmup=3):
     return graph.replay
 
 
+def release_backbone_graph(backbone):
+    """Drop an mmdefscan backbone's captured graph, so that the next dtype captures its own;
+    whether the backbone has ``cuda_graph=True``."""
+    if getattr(backbone, 'cuda_graph', None) is None:
+        return False
+    backbone.release_cuda_graph()
+    return True
+
+
 def bench_classification(name, args, device, timer):
     rows = []
     bb_graphs = args.backbone_graphs and device.type == 'cuda' and MODELS[name][0] == 'mmdefscan'
@@ -178,8 +188,7 @@ def bench_classification(name, args, device, timer):
         xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (args.train_batch,), device=device)
         model.train()
-        if hasattr(model.backbone, 'release_cuda_graph'):
-            model.backbone.release_cuda_graph()  # capture for this dtype
+        release_backbone_graph(model.backbone)
 
         def train():
             with autocast(device, dtype, cache_enabled=not graphs):
@@ -187,10 +196,7 @@ def bench_classification(name, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if graphs:  # the peak counts the graph's memory pool, filled at the capture
-            torch.cuda.reset_peak_memory_stats()
-        t_train, peak = timed_train_step(cuda_graph(train) if graphs else train, timer, args,
-                                         device, reset_peak=not graphs)
+        t_train, peak = timed_train_step(train, timer, args, device, graph=graphs)
         mode = dtype + ('+compile' if args.compile else '') + ('+graphs' if graphs else '') + (
             '+bbgraphs' if bb_graphs else '')
         rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
@@ -252,14 +258,13 @@ def build_downstream(config, kind, device, cuda_graph=False):
 def bench_downstream(config, kind, args, device, timer):
     """Seconds per training iteration of a full detector / segmentor on random data."""
     # detection inputs change shape from batch to batch: graphs for the segmentors only
-    graphed = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
-    model, x, samples = build_downstream(config, kind, device, graphed)
+    use_graphs = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
+    model, x, samples = build_downstream(config, kind, device, use_graphs)
     batch, h, w = x.shape[0], *x.shape[2:]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = []
     for dtype in args.downstream_dtypes:
-        if hasattr(model.backbone, 'release_cuda_graph'):
-            model.backbone.release_cuda_graph()  # capture for this dtype
+        graphed = release_backbone_graph(model.backbone)
 
         def step():
             with autocast(device, dtype):
@@ -268,8 +273,8 @@ def bench_downstream(config, kind, args, device, timer):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         seconds, peak = timed_train_step(step, timer, args, device)
-        mode = dtype + ('+bbgraphs' if getattr(model.backbone, 'cuda_graph', None) else '')
-        rows.append(dict(config=config, dtype=mode, batch=batch, shape=f'{h}x{w}',
+        rows.append(dict(config=config, dtype=dtype + ('+bbgraphs' if graphed else ''),
+                         batch=batch, shape=f'{h}x{w}',
                          s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
         print(rows[-1], flush=True)
     del model, optimizer

@@ -7,8 +7,8 @@
 # steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile (default:
 # all but build, profile, graphs and bbgraphs); `build` packs the compiled extensions into $OUT.
 # Env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, TESTS_K selects tests (pytest -k),
-# SCAN_ARGS go to bench_scan.py. A call is limited to
-# 10 minutes: split the steps over two calls on a warm machine.
+# SCAN_ARGS go to bench_scan.py. A call is limited to 10 minutes: split the steps over two calls
+# on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
@@ -22,13 +22,21 @@ if ! have_ext; then
   bash tools/gpu/build_ext.sh mamba 8 & bash tools/gpu/build_ext.sh mmcv $(($(nproc) - 8)); wait
   have_ext || exit 1
 fi
+benchmark() {  # benchmark.py ARGS... > $OUT/NAME.{log,json}; its problems, then its tables
+  local name=$1
+  shift
+  python3 tools/analysis/benchmark.py "$@" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  grep -E "not importable|skipped|Error" "$OUT/$name.log" | cut -c1-200 | tail -5
+  sed -n '/^### /,$p' "$OUT/$name.log"
+}
 for step in $STEPS; do
   echo "== $step ($(date +%T))"
   case $step in
     build) bash tools/gpu/pack_ext.sh "$SITE" "$OUT" ;;
     tests)
       python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_triton_kernels.py \
-        tests/test_cuda_graph.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|rel err|per stage|Error" ;;
+        tests/test_cuda_graph.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" \
+        | grep -E "passed|failed|rel err|per stage|Error" ;;
     scan)
       python3 tools/analysis/bench_scan.py ${SCAN_ARGS:-} > "$OUT/scan.log" 2>&1
       grep -E "Error|error" "$OUT/scan.log" | tail -5; sed -n '/^### /,$p' "$OUT/scan.log" ;;
@@ -36,34 +44,22 @@ for step in $STEPS; do
       python3 tools/analysis/bench_kernels.py --arch small --batch 128 --dtype bf16 \
         > "$OUT/kernels.log" 2>&1; sed -n '/^### /,$p' "$OUT/kernels.log" ;;
     backbones)
-      python3 tools/analysis/benchmark.py --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm \
-        DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
-        --json "$OUT/backbones.json" > "$OUT/backbones.log" 2>&1
-      grep -E "not importable|Error" "$OUT/backbones.log" | cut -c1-200 | tail -5
-      sed -n '/^### /,$p' "$OUT/backbones.log" ;;
+      benchmark backbones --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm DefMamba-T \
+        DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 ;;
     graphs)
-      python3 tools/analysis/benchmark.py --cuda-graphs --models ${BACKBONES:-Swin-T/timm \
-        DefMamba-T DefMamba-S DefMamba-B} --iters 10 --warmup 2 \
-        --json "$OUT/graphs.json" > "$OUT/graphs.log" 2>&1
-      grep -E "Error" "$OUT/graphs.log" | cut -c1-200 | tail -5
-      sed -n '/^### /,$p' "$OUT/graphs.log" ;;
+      benchmark graphs --cuda-graphs --models ${BACKBONES:-Swin-T/timm DefMamba-T DefMamba-S \
+        DefMamba-B} --iters 10 --warmup 2 ;;
     bbgraphs)
-      python3 tools/analysis/benchmark.py --backbone-graphs --models ${BACKBONES:-Swin-T/timm \
-        DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
-        --segmentor configs/upernet_defmamba_s_ade20k.py --downstream-dtypes fp32 \
-        --json "$OUT/bbgraphs.json" > "$OUT/bbgraphs.log" 2>&1
-      grep -E "Error|skipped" "$OUT/bbgraphs.log" | cut -c1-200 | tail -5
-      sed -n '/^### /,$p' "$OUT/bbgraphs.log" ;;
+      benchmark bbgraphs --backbone-graphs --models ${BACKBONES:-Swin-T/timm DefMamba-T \
+        DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
+        --segmentor configs/upernet_defmamba_s_ade20k.py --downstream-dtypes fp32 ;;
     downstream)
-      python3 tools/analysis/benchmark.py --models --iters 6 --warmup 2 \
+      benchmark downstream --models --iters 6 --warmup 2 \
         --downstream-dtypes ${DOWNSTREAM_DTYPES:-fp32 fp16} \
         --detector configs/maskrcnn_defmamba_s_coco.py \
         mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
         --segmentor configs/upernet_defmamba_s_ade20k.py \
-        mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py \
-        --json "$OUT/downstream.json" > "$OUT/downstream.log" 2>&1
-      grep -E "skipped|Error" "$OUT/downstream.log" | cut -c1-200 | tail -5
-      sed -n '/^### /,$p' "$OUT/downstream.log" ;;
+        mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py ;;
     scaling)
       GPUS=$(nvidia-smi -L | wc -l)
       [ "$GPUS" -ge 2 ] && bash tools/analysis/dist_scaling.sh "$GPUS" 80 8 2>&1 \
