@@ -1,13 +1,15 @@
 """Where a backbone's GPU time goes: torch.profiler's per-operator table for one workload.
 
     python tools/analysis/profile_backbone.py --model DefMamba-S [--mode infer|train]
-        [--batch 64] [--dtype fp32|bf16] [--compile] [--rows 30]
+        [--batch 64] [--dtype fp32|bf16] [--compile] [--rows 30] [--host]
     python tools/analysis/profile_backbone.py --detector configs/maskrcnn_defmamba_s_coco.py
         [--dtype fp32]   (or --segmentor CFG: one training iteration of the whole model)
 
 Same model and step as tools/analysis/benchmark.py (224x224 classifier, or its Mask R-CNN /
 UperNet iteration); prints the operators sorted by their device time (self time, so nested
-calls are not counted twice).
+calls are not counted twice). ``--host`` sorts by host time instead: every module's forward is
+a range named ``## ClassName``, and the backward nodes are autograd's ``evaluate_function``
+rows, so the table says which part of a block the host spends its time in.
 """
 import argparse
 import os.path as osp
@@ -33,6 +35,8 @@ def main():
     parser.add_argument('--compile', action='store_true')
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--rows', type=int, default=30)
+    parser.add_argument('--host', action='store_true',
+                        help='host time per module forward and per backward node')
     parser.add_argument('--detector', help='a Mask R-CNN config: profile its training iteration')
     parser.add_argument('--segmentor', help='an UperNet config: profile its training iteration')
     args = parser.parse_args()
@@ -70,6 +74,8 @@ def main():
     for _ in range(3):
         step()
     wall, host = host_and_wall_ms(step, args.steps, device)
+    if args.host:
+        annotate_modules(model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with profile(activities=activities) as prof:
         for _ in range(args.steps):
@@ -80,7 +86,10 @@ def main():
     print(f'\n## {args.model} {args.mode} batch {args.batch} {args.dtype}'
           f'{" compiled" if args.compile else ""}, {args.steps} steps')
     averages = prof.key_averages()
-    print(averages.table(sort_by=key, row_limit=args.rows, max_name_column_width=90))
+    if args.host:
+        print_host_rows(averages, args.steps, args.rows)
+    else:
+        print(averages.table(sort_by=key, row_limit=args.rows, max_name_column_width=90))
     if device.type == 'cuda':
         # kernel rows only: operator rows repeat their kernels' time, and a GPU-side annotation
         # (Optimizer.step#...) spans the queue ahead of it
@@ -89,6 +98,39 @@ def main():
         print(f'per step: wall {wall:.1f} ms, host until the step returns {host:.1f} ms, '
               f'kernels {busy:.1f} ms (the GPU idles {max(wall - busy, 0):.1f} ms: host-bound '
               f'where host ~ wall)')
+
+
+def annotate_modules(model):
+    """A profiler range around every module's forward, named ``## ClassName``."""
+    ranges = []
+
+    def enter(module, args):
+        ranges.append(torch.profiler.record_function(f'## {type(module).__name__}'))
+        ranges[-1].__enter__()
+
+    def leave(module, args, output):
+        ranges.pop().__exit__(None, None, None)
+    for module in model.modules():
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(leave)
+
+
+def print_host_rows(averages, steps, rows):
+    """Module forwards and backward nodes by host time per step (inclusive), and the operators
+    by self host time: calls per step, ms per step, us per call."""
+    def table(title, events, attr):
+        events = sorted(events, key=lambda e: -getattr(e, attr))[:rows]
+        print(f'\n| {title} | calls / step | host ms / step | us / call |\n|---|---|---|---|')
+        for e in events:
+            total = getattr(e, attr)
+            print(f'| {e.key[:80]} | {e.count / steps:.0f} | {total / 1e3 / steps:.2f} | '
+                  f'{total / max(e.count, 1):.0f} |')
+    table('module forward', [e for e in averages if e.key.startswith('## ')], 'cpu_time_total')
+    table('backward node', [e for e in averages
+                            if e.key.startswith('autograd::engine::evaluate_function')],
+          'cpu_time_total')
+    table('operator (self)', [e for e in averages if not e.key.startswith(('## ', 'autograd::'))],
+          'self_cpu_time_total')
 
 
 def host_and_wall_ms(step, steps, device):

@@ -4,8 +4,8 @@
 # compiled here for this GPU (skipped when a warm machine already has them); then the chosen
 # steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR|-] [STEP ...]
-# steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile (default:
-# all but build, profile, graphs and bbgraphs); `build` packs the compiled extensions into $OUT.
+# steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile host
+# (default: all but build, profile, host, graphs and bbgraphs); `build` packs the compiled extensions into $OUT.
 # Env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, TESTS_K selects tests (pytest -k),
 # SCAN_ARGS go to bench_scan.py. A call is limited to 10 minutes: split the steps over two calls
 # on a warm machine.
@@ -75,6 +75,14 @@ for step in $STEPS; do
         --detector mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
         > "$OUT/profile_maskrcnn_swin.txt" 2>&1
       grep -h -E "^## |Self CUDA time total|Error" "$OUT"/profile_*.txt ;;
+    host)  # where the host's time goes in an eager training step, per module and backward node
+      for model in ${BACKBONES:-DefMamba-T Swin-T/timm}; do
+        python3 tools/analysis/profile_backbone.py --model $model --mode train --batch 64 \
+          --dtype fp32 --host --rows 25 --steps 2 2>&1 | grep -v "^USDT\|^STAGE"
+      done 2>&1 | tee "$OUT/host.txt"
+      python3 tools/analysis/profile_backbone.py --detector configs/maskrcnn_defmamba_s_coco.py \
+        --dtype fp32 --host --rows 25 --steps 2 > "$OUT/host_maskrcnn.txt" 2>&1
+      grep -A14 "module forward" "$OUT/host_maskrcnn.txt" ;;
     *) echo "unknown step $step" ;;
   esac
 done
