@@ -89,35 +89,44 @@ def projection_loss(outs, weights):
 def test_cuda_graph_trains_like_eager(name, monkeypatch):
     """Three SGD steps with and without the graphs (fp32, TF32 off): the same losses, weight
     updates and BatchNorm statistics (DAMamba's, which the capture's warm-up steps would
-    otherwise move); then a batch of another size and an eval call run eagerly. Updates agree
-    to 5% of each tensor's largest update (or 1e-5 of its largest value, for updates that are
-    mostly atomic-add noise): the noise alone moved SpatialMamba's stem norm bias by 0.3% of its
-    update over three steps; a lost gradient moves it 100%, three extra BatchNorm updates ~30%."""
+    otherwise move); then a batch of another size and an eval call run eagerly.
+
+    The backward is not deterministic (atomic adds in the grid sampler's and the convs' weight
+    gradients), and three SGD steps amplify that: a conv bias in front of a norm has a zero true
+    gradient, so its update is all noise. So the bar is a second eager run: per tensor, the
+    graph's update may differ from eager's by 4x the eager-vs-eager difference, or by 2% of the
+    update. A lost gradient is off by 100%, three extra BatchNorm updates by ~30%."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     graphed, eager = pair(name, 'cuda')
+    eager_again = copy.deepcopy(eager)
     x = torch.randn(4, 3, 128, 128, device='cuda')
     with torch.no_grad():
         weights = [torch.randn_like(o) for o in eager.eval()(x)]
     start = {k: v.clone() for k, v in eager.state_dict().items()}
-    losses = {}
-    for model in (graphed, eager):
+
+    def train(model):
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        losses[model is graphed] = []
+        losses = []
         for _ in range(3):
             loss = projection_loss(model(x), weights)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses[model is graphed].append(loss.item())
+            losses.append(loss.item())
+        return losses
+    losses, losses_graphed = train(eager), train(graphed)
+    train(eager_again)
     assert graphed.cuda_graph.graphed is not None
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-7)
-    for (key, a), b in zip(graphed.state_dict().items(), eager.state_dict().values()):
+    assert losses_graphed == pytest.approx(losses, rel=1e-4, abs=1e-7)
+    for key, a in graphed.state_dict().items():
+        b, b_again = eager.state_dict()[key], eager_again.state_dict()[key]
         if a.is_floating_point():
-            update_graphed, update = a - start[key], b - start[key]
-            allowed = max(0.05 * update.abs().max(), 1e-5 * b.abs().max(), 1e-12)
-            assert (update_graphed - update).abs().max() <= allowed, key
+            update = b - start[key]
+            noise = (b_again - b).abs().max()
+            allowed = max(4 * noise, 0.02 * update.abs().max(), 1e-12)
+            assert (a - b).abs().max() <= allowed, key
         else:
             assert torch.equal(a, b), key  # BatchNorm's num_batches_tracked
     eager.load_state_dict(graphed.state_dict())

@@ -31,7 +31,7 @@ def triton_everywhere(monkeypatch):
     scans would take many minutes: its tests below use small shapes)."""
     modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
     for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
-        monkeypatch.setattr(module, 'use_triton', lambda x: True)
+        monkeypatch.setattr(module, 'use_triton', lambda x, min_numel=0: True)
 
 
 def test_every_kernel_compiles_for_a_gpu_target():
@@ -148,7 +148,7 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
     x = torch.randn(2, 24, *size, device=DEVICE).to(dtype).requires_grad_()
     results = []
     for triton_path in (False, True):
-        monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda t: triton_path)
+        monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda *args: triton_path)
         scan.zero_grad()
         with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
             tokens, order = scan(x)
@@ -167,7 +167,7 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
 def test_deformable_scan_trains_after_an_inference_mode_call(monkeypatch):
     """The cached coordinate grids are made once per map size; one first made under
     torch.inference_mode (a test loop) is saved for the backward of a later training step."""
-    monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda t: True)
+    monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda *args: True)
     scan = DeformableScan(8, stage=3).to(DEVICE)
     x = torch.randn(1, 8, 5, 11, device=DEVICE)  # a map size no other test uses
     with torch.inference_mode():

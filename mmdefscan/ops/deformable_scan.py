@@ -15,8 +15,8 @@ official "mean gradient" to its keys (:class:`DeformablePathSort`), not the zero
 Sides of one pixel (where the official code divides by zero) use a divisor of 1: a 1-pixel
 axis then samples its only pixel, which is the limit of the formula.
 
-On CUDA with Triton the two samples, their sum and the sort-gather run as one kernel
-(``kernels/deform_sample_triton.py``); the code below the Triton branch is the reference.
+On CUDA with Triton the two samples, their sum and the sort-gather of a large map run as one
+kernel (``kernels/deform_sample_triton.py``); the code below the Triton branch is the reference.
 """
 import functools
 
@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from ._triton import use_triton
+from ._triton import LARGE_MAP_NUMEL, use_triton
 from .layer_norm import LayerNorm
 
 
@@ -146,7 +146,9 @@ class DeformableScan(nn.Module):
         key_x = _normalised_grid((0, width), width, width, dtype, device)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
             (0.5, length - 0.5), length, length, dtype, device)
-        if use_triton(x) and dtype == torch.float32:  # float64 takes the exact PyTorch path
+        # float64 takes the exact PyTorch path, and so do small maps: there the Triton path's
+        # backward (35 small operators) costs the host more than PyTorch's atomic adds cost the GPU
+        if use_triton(x, LARGE_MAP_NUMEL) and dtype == torch.float32:
             return sample_and_sort_triton(x, self.rpe_table.to(dtype),
                                           torch.stack((pos_x, pos_y), -1), keys, key_x, key_y)
 
