@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,7 +32,26 @@ def triton_everywhere(monkeypatch):
     scans would take many minutes: its tests below use small shapes)."""
     modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
     for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
-        monkeypatch.setattr(module, 'use_triton', lambda x, min_numel=0: True)
+        monkeypatch.setattr(module, 'use_triton', lambda *args, **kwargs: True)
+
+
+def test_small_maps_take_the_pytorch_path_only_in_training(monkeypatch):
+    """LayerNorm and the deformable tokens: kernels for inference and for large maps; PyTorch's
+    path for a small map while autograd records (its backward costs the host less)."""
+    from mmdefscan.ops import _triton
+
+    def cuda_tensor(numel):  # use_triton reads only these two
+        return SimpleNamespace(is_cuda=True, numel=lambda: numel)
+    small, large = cuda_tensor(_triton.LARGE_MAP_NUMEL - 1), cuda_tensor(_triton.LARGE_MAP_NUMEL)
+    monkeypatch.setattr(_triton, 'HAS_TRITON', True)
+    assert not _triton.use_triton(small, large_map_only=True)
+    assert _triton.use_triton(large, large_map_only=True) and _triton.use_triton(small)
+    with torch.no_grad():
+        assert _triton.use_triton(small, large_map_only=True)
+    monkeypatch.setenv('MMDEFSCAN_TRITON_MIN_NUMEL', '0')
+    assert _triton.use_triton(small, large_map_only=True)
+    monkeypatch.setenv('MMDEFSCAN_TRITON', '0')
+    assert not _triton.use_triton(large)
 
 
 def test_every_kernel_compiles_for_a_gpu_target():
@@ -148,7 +168,8 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
     x = torch.randn(2, 24, *size, device=DEVICE).to(dtype).requires_grad_()
     results = []
     for triton_path in (False, True):
-        monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda *args: triton_path)
+        monkeypatch.setattr(deformable_scan_module, 'use_triton',
+                            lambda *args, **kwargs: triton_path)
         scan.zero_grad()
         with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
             tokens, order = scan(x)
@@ -167,7 +188,7 @@ def test_deformable_sampling_kernel_matches_torch(monkeypatch, size, dtype):
 def test_deformable_scan_trains_after_an_inference_mode_call(monkeypatch):
     """The cached coordinate grids are made once per map size; one first made under
     torch.inference_mode (a test loop) is saved for the backward of a later training step."""
-    monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda *args: True)
+    monkeypatch.setattr(deformable_scan_module, 'use_triton', lambda *args, **kwargs: True)
     scan = DeformableScan(8, stage=3).to(DEVICE)
     x = torch.randn(1, 8, 5, 11, device=DEVICE)  # a map size no other test uses
     with torch.inference_mode():

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from ._triton import LARGE_MAP_NUMEL, use_triton
+from ._triton import use_triton
 from .layer_norm import LayerNorm
 
 
@@ -146,9 +146,10 @@ class DeformableScan(nn.Module):
         key_x = _normalised_grid((0, width), width, width, dtype, device)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
             (0.5, length - 0.5), length, length, dtype, device)
-        # float64 takes the exact PyTorch path, and so do small maps: there the Triton path's
-        # backward (35 small operators) costs the host more than PyTorch's atomic adds cost the GPU
-        if use_triton(x, LARGE_MAP_NUMEL) and dtype == torch.float32:
+        # float64 takes the exact PyTorch path, and so do small maps in training: there the Triton
+        # path's backward (35 small operators) costs the host more than PyTorch's atomic adds
+        # cost the GPU (``_triton.LARGE_MAP_NUMEL``)
+        if use_triton(x, large_map_only=True) and dtype == torch.float32:
             return sample_and_sort_triton(x, self.rpe_table.to(dtype),
                                           torch.stack((pos_x, pos_y), -1), keys, key_x, key_y)
 

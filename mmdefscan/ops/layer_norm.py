@@ -1,8 +1,8 @@
 """LayerNorm over the last dim with a Triton path (CUDA) and the PyTorch path (everything else).
 
 :class:`LayerNorm` is an ``nn.LayerNorm`` (same keys, same init, same isinstance checks for
-weight-decay rules) whose CUDA forward of a large map runs ``kernels/layer_norm_triton.py``
-(``_triton.LARGE_MAP_NUMEL``). Two extras that DefMamba uses on that path:
+weight-decay rules) whose CUDA forward runs ``kernels/layer_norm_triton.py`` (in training only on
+large maps: ``_triton.LARGE_MAP_NUMEL``). Two extras that DefMamba uses on that path:
 
 * ``autocast_output=True``: under autocast the output is in the autocast dtype (it feeds a
   Linear, which would cast it anyway); PyTorch's autocast runs LayerNorm in fp32 and returns fp32,
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._triton import LARGE_MAP_NUMEL, use_triton
+from ._triton import use_triton
 
 
 def layer_norm_ref(x, weight, bias, eps, scale=None, gelu=False):
@@ -58,8 +58,9 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x, scale=None, gelu=False):
         # the kernel normalises over the last dim with an affine weight and bias; small maps take
-        # the native path, which costs the host less (see LARGE_MAP_NUMEL)
-        if not use_triton(x, LARGE_MAP_NUMEL) or len(self.normalized_shape) != 1 or self.weight is None:
+        # the native path in training, which costs the host less (``_triton.LARGE_MAP_NUMEL``)
+        if (not use_triton(x, large_map_only=True) or len(self.normalized_shape) != 1
+                or self.weight is None):
             if scale is None and not gelu:
                 return super().forward(x)
             return layer_norm_ref(x, self.weight, self.bias, self.eps, scale, gelu)

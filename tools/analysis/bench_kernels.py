@@ -41,11 +41,13 @@ def timed(fn, backward, dtype, iters=20, warmup=5):
 def with_triton(flag, fn):
     """Run fn with the Triton kernels on or off (the switch is read at every call)."""
     def run():
-        os.environ['MMDEFSCAN_TRITON'] = flag
+        # every map size on the kernels when they are on (training sends small maps to PyTorch)
+        os.environ.update(MMDEFSCAN_TRITON=flag, MMDEFSCAN_TRITON_MIN_NUMEL='0')
         try:
             out = fn()
         finally:
             os.environ.pop('MMDEFSCAN_TRITON')
+            os.environ.pop('MMDEFSCAN_TRITON_MIN_NUMEL')
         return out[0].float().sum() if isinstance(out, tuple) else out
     return run
 

@@ -8,7 +8,7 @@
 # (default: all but build, profile, host, ab, graphs and bbgraphs); `build` packs the compiled extensions into $OUT.
 # Env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, AB_ENV=VAR=VALUE is the switch the `ab`
 # step measures (backbones + Mask R-CNN with it, then without it, in one call), TESTS_K selects tests (pytest -k),
-# SCAN_ARGS go to bench_scan.py. A call is limited to 10 minutes: split the steps over two calls
+# SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls
 # on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
@@ -42,7 +42,7 @@ for step in $STEPS; do
       python3 tools/analysis/bench_scan.py ${SCAN_ARGS:-} > "$OUT/scan.log" 2>&1
       grep -E "Error|error" "$OUT/scan.log" | tail -5; sed -n '/^### /,$p' "$OUT/scan.log" ;;
     kernels)
-      python3 tools/analysis/bench_kernels.py --arch small --batch 128 --dtype bf16 \
+      python3 tools/analysis/bench_kernels.py ${KERNEL_ARGS:---arch small --batch 128 --dtype bf16} \
         > "$OUT/kernels.log" 2>&1; sed -n '/^### /,$p' "$OUT/kernels.log" ;;
     backbones)
       benchmark backbones --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm DefMamba-T \
