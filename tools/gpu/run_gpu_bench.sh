@@ -5,11 +5,12 @@
 # steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR|-] [STEP ...]
 # steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile host ab
-# (default: all but build, profile, host, ab, graphs and bbgraphs); `build` packs the compiled extensions into $OUT.
-# Env BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark, AB_ENV=VAR=VALUE is the switch the `ab`
-# step measures (backbones + Mask R-CNN with it, then without it, in one call), TESTS_K selects tests (pytest -k),
-# SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls
-# on a warm machine.
+# (default: all but build, profile, host, ab, graphs and bbgraphs); `build` packs the compiled
+# extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark; AB_ENV=VAR=VALUE
+# is the switch the `ab` step measures (backbones + Mask R-CNN with it, then without it, in one
+# call); TESTS_K selects tests (pytest -k); SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to
+# bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls on a warm
+# machine.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
