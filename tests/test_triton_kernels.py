@@ -36,20 +36,21 @@ def triton_everywhere(monkeypatch):
 
 
 def test_small_maps_take_the_pytorch_path_only_in_training(monkeypatch):
-    """LayerNorm and the deformable tokens: kernels for inference and for large maps; PyTorch's
-    path for a small map while autograd records (its backward costs the host less)."""
+    """Kernels for inference and for large maps; PyTorch's path for a map below the op's size
+    while autograd records (its backward costs the host less); the env override."""
     from mmdefscan.ops import _triton
 
     def cuda_tensor(numel):  # use_triton reads only these two
         return SimpleNamespace(is_cuda=True, numel=lambda: numel)
-    small, large = cuda_tensor(_triton.LARGE_MAP_NUMEL - 1), cuda_tensor(_triton.LARGE_MAP_NUMEL)
+    size = layer_norm_module.TRAIN_MIN_NUMEL
+    small, large = cuda_tensor(size - 1), cuda_tensor(size)
     monkeypatch.setattr(_triton, 'HAS_TRITON', True)
-    assert not _triton.use_triton(small, large_map_only=True)
-    assert _triton.use_triton(large, large_map_only=True) and _triton.use_triton(small)
+    assert not _triton.use_triton(small, size)
+    assert _triton.use_triton(large, size) and _triton.use_triton(small)
     with torch.no_grad():
-        assert _triton.use_triton(small, large_map_only=True)
+        assert _triton.use_triton(small, size)
     monkeypatch.setenv('MMDEFSCAN_TRITON_MIN_NUMEL', '0')
-    assert _triton.use_triton(small, large_map_only=True)
+    assert _triton.use_triton(small, size)
     monkeypatch.setenv('MMDEFSCAN_TRITON', '0')
     assert not _triton.use_triton(large)
 

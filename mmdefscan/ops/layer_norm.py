@@ -2,7 +2,7 @@
 
 :class:`LayerNorm` is an ``nn.LayerNorm`` (same keys, same init, same isinstance checks for
 weight-decay rules) whose CUDA forward runs ``kernels/layer_norm_triton.py`` (in training only on
-large maps: ``_triton.LARGE_MAP_NUMEL``). Two extras that DefMamba uses on that path:
+large maps: ``TRAIN_MIN_NUMEL``). Two extras that DefMamba uses on that path:
 
 * ``autocast_output=True``: under autocast the output is in the autocast dtype (it feeds a
   Linear, which would cast it anyway); PyTorch's autocast runs LayerNorm in fp32 and returns fp32,
@@ -15,6 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._triton import use_triton
+
+# Training runs the kernel from this many elements of x: below, native LayerNorm's forward +
+# backward is faster end to end (host-bound). bench_kernels.py, H200, fp32 (round 6): native
+# 0.18-0.42 ms vs Triton 0.64-0.78 ms on Mask R-CNN maps up to 2 x 200 x 336 x 96 (12.9 M); at
+# 38.5 M (bf16, round 2) Triton 0.60-0.83 ms vs native 1.17.
+TRAIN_MIN_NUMEL = 2 ** 24
 
 
 def layer_norm_ref(x, weight, bias, eps, scale=None, gelu=False):
@@ -57,9 +63,8 @@ class LayerNorm(nn.LayerNorm):
         self.autocast_output = autocast_output
 
     def forward(self, x, scale=None, gelu=False):
-        # the kernel normalises over the last dim with an affine weight and bias; small maps take
-        # the native path in training, which costs the host less (``_triton.LARGE_MAP_NUMEL``)
-        if (not use_triton(x, large_map_only=True) or len(self.normalized_shape) != 1
+        # the kernel normalises over the last dim with an affine weight and bias
+        if (not use_triton(x, TRAIN_MIN_NUMEL) or len(self.normalized_shape) != 1
                 or self.weight is None):
             if scale is None and not gelu:
                 return super().forward(x)

@@ -3,7 +3,7 @@
     python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
         [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
         [--compile] [--cuda-graphs] [--backbone-graphs] [--detector CONFIG ...]
-        [--segmentor CONFIG ...] [--json out.json]
+        [--segmentor CONFIG ...] [--ab-env VAR=VALUE] [--json out.json]
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
@@ -15,10 +15,15 @@ replays, which takes the host's launch work out of the classification rows (trai
 H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds our backbones
 (and those of the ``--segmentor`` configs) with ``cuda_graph=True``, what a user can switch on
 for static shapes: only their training forward + backward replay from graphs, the rest of the
-step stays eager, and the peers stay eager. A markdown table is printed last.
+step stays eager, and the peers stay eager. ``--ab-env VAR=VALUE`` measures each of our models
+(and our detector / segmentor configs) twice in a row, without and then with that environment
+variable set (rows ``NAME [VAR=VALUE]``): an A/B of a run-time switch in one process, where runs in
+separate processes differ by up to 20% on the device's host. A markdown table is printed last.
 """
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
 
@@ -283,6 +288,31 @@ def bench_downstream(config, kind, args, device, timer):
     return rows
 
 
+@contextlib.contextmanager
+def environ(assignment):
+    """Set VAR=VALUE for the block (nothing for None)."""
+    if assignment is None:
+        yield
+        return
+    var, value = assignment.split('=', 1)
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(var)
+        else:
+            os.environ[var] = old
+
+
+def ab_runs(ours, args):
+    """(environment assignment or None, label suffix) of each run of a model."""
+    if not (ours and args.ab_env):
+        return [(None, '')]
+    return [(None, ''), (args.ab_env, f' [{args.ab_env}]')]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='*', default=['Swin-T', 'ConvNeXt-T', 'DefMamba-T',
@@ -304,20 +334,29 @@ def main():
                         help='our backbones with cuda_graph=True (training replays from graphs)')
     parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
     parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
+    parser.add_argument('--ab-env', help='VAR=VALUE: also run our models with it set')
     parser.add_argument('--json', help='write all rows here')
     args = parser.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     timer = Timer(device)
-    rows = [r for name in args.models for r in bench_classification(name, args, device, timer)]
+    rows = []
+    for name in args.models:
+        for assignment, label in ab_runs(MODELS[name][0] == 'mmdefscan', args):
+            with environ(assignment):
+                runs = bench_classification(name, args, device, timer)
+            rows += [dict(r, model=r['model'] + label) for r in runs]
     downstream = []
     for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
         for config in configs:
-            try:  # one broken config (a missing package, an op without a dtype) skips one row
-                downstream += bench_downstream(config, kind, args, device, timer)
-            except Exception as err:  # noqa: BLE001
-                print(f'{config}: skipped, {type(err).__name__}: {err}', flush=True)
+            for assignment, label in ab_runs('::' not in config, args):
+                try:  # one broken config (a missing package, an op without a dtype) skips a row
+                    with environ(assignment):
+                        runs = bench_downstream(config, kind, args, device, timer)
+                    downstream += [dict(r, config=r['config'] + label) for r in runs]
+                except Exception as err:  # noqa: BLE001
+                    print(f'{config}: skipped, {type(err).__name__}: {err}', flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'

@@ -7,8 +7,8 @@
 # steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile host ab
 # (default: all but build, profile, host, ab, graphs and bbgraphs); `build` packs the compiled
 # extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark; AB_ENV=VAR=VALUE
-# is the switch the `ab` step measures (backbones + Mask R-CNN with it, then without it, in one
-# call); TESTS_K selects tests (pytest -k); SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to
+# is the switch the `ab` step measures (our backbones and Mask R-CNN without it, then with it, in
+# one process: benchmark.py --ab-env); TESTS_K selects tests (pytest -k); SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to
 # bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls on a warm
 # machine.
 set -u
@@ -78,14 +78,10 @@ for step in $STEPS; do
         > "$OUT/profile_maskrcnn_swin.txt" 2>&1
       grep -h -E "^## |Self CUDA time total|Error" "$OUT"/profile_*.txt ;;
     ab)
-      for setting in "${AB_ENV:?}" ""; do
-        echo "-- ${setting:-default}"
-        (${setting:+export $setting}
-         benchmark "ab${setting:+_switched}" --models ${BACKBONES:-Swin-T/timm DefMamba-T \
-           DefMamba-S} --iters 6 --warmup 2 --downstream-dtypes fp32 \
-           --detector configs/maskrcnn_defmamba_s_coco.py \
-           mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py)
-      done ;;
+      benchmark ab --ab-env "${AB_ENV:?}" --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm \
+        DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
+        --downstream-dtypes fp32 --detector configs/maskrcnn_defmamba_s_coco.py \
+        mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py ;;
     host)  # where the host's time goes in an eager training step, per module and backward node
       for model in ${BACKBONES:-DefMamba-T Swin-T/timm}; do
         python3 tools/analysis/profile_backbone.py --model $model --mode train --batch 64 \
