@@ -8,8 +8,8 @@
 # (default: all but build, profile, host, ab, graphs and bbgraphs); `build` packs the compiled
 # extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark; AB_ENV=VAR=VALUE
 # is the switch the `ab` step measures (our backbones and Mask R-CNN without it, then with it, in
-# one process: benchmark.py --ab-env); TESTS_K selects tests (pytest -k); SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to
-# bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls on a warm
+# one process: benchmark.py --ab-env); TESTS_K selects tests (pytest -k); SCAN_ARGS go to
+# bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls on a warm
 # machine.
 set -u
 source tools/gpu/gpu_env.sh
