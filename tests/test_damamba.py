@@ -247,8 +247,6 @@ def test_state_scan_returns_the_hidden_states_in_float32():
 
 
 def test_scan_modules_are_registered_and_standalone():
-    from mmengine.registry import init_default_scope
-    init_default_scope('mmdefscan')  # earlier tests may leave mmdet/mmseg as the default scope
     net = MODELS.build(dict(type='OffsetPredictionNet', channels=32, groups=2))
     scan = MODELS.build(dict(type='mmdefscan.DynamicAdaptiveScan', channels=32, groups=2))
     assert isinstance(net, OffsetPredictionNet) and isinstance(scan, DynamicAdaptiveScan)
