@@ -1,9 +1,10 @@
-"""Shared layers: the MLP's GELU + fc2 keep one hidden map for the backward, gradients exact."""
+"""Shared layers: the MLP's GELU + fc2 keep one hidden map for the backward, gradients exact;
+the one-operator residual with drop path equals the two steps."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmdefscan.models.layers import Mlp
+from mmdefscan.models.layers import DropPath, Mlp
 
 
 def saved_activation_bytes(fn, x, params):
@@ -46,3 +47,33 @@ def test_mlp_keeps_one_hidden_map_and_matches_the_plain_composition(dtype, autoc
     hidden_map = 2 * 5 * 6 * 32 * (2 if autocast else dtype.itemsize)
     fc2_weight_cast = 32 * 8 * 2 if autocast else 0  # autograd keeps fc2's bf16 weight copy too
     assert saved == ref_saved - hidden_map - fc2_weight_cast
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_drop_path_residual_equals_the_two_steps(dtype):
+    """x + DropPath(y) with y in ``dtype`` on an fp32 residual (as under autocast): the same
+    random samples dropped and the kept ones scaled by 1 / keep, like the two steps, whose
+    product y * (mask / keep) rounds to y's dtype where the fused sum keeps the residual's
+    precision; the same gradients; a plain sum in eval and at rate 0."""
+    drop = DropPath(0.4).train()
+    x = torch.randn(64, 5, 3, requires_grad=True)
+    y = torch.randn(64, 5, 3, dtype=dtype, requires_grad=True)
+    torch.manual_seed(1)
+    mask = y.new_empty(64, 1, 1).bernoulli_(0.6)  # what DropPath draws after this seed
+    reference = x.double() + y.double() * mask.double() / 0.6
+    results = []
+    for step in (drop.residual, lambda x, y: x + drop(y)):
+        torch.manual_seed(1)
+        out = step(x, y)
+        out.backward(torch.ones_like(out))
+        results.append((out, x.grad, y.grad))
+        x.grad = y.grad = None
+    (fused, *fused_grads), (plain, *plain_grads) = results
+    assert fused.dtype == plain.dtype == torch.promote_types(dtype, torch.float32)
+    torch.testing.assert_close(fused, reference.to(fused.dtype))
+    low = {torch.bfloat16: dict(rtol=0, atol=2 ** -7 * float(y.detach().abs().max()) * 2)}.get(dtype, {})
+    torch.testing.assert_close(plain, reference.to(plain.dtype), **low)
+    torch.testing.assert_close(fused_grads, plain_grads)
+    assert 10 < int((mask == 0).sum()) < 54  # about 40% of the 64 samples dropped
+    for module in (drop.eval(), DropPath(0.0).train()):
+        assert torch.equal(module.residual(x, y), x + y)

@@ -18,6 +18,15 @@ class DropPath(nn.Module):
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
         return x * mask.div_(keep)
 
+    def residual(self, x, y):
+        """x + self(y), the sum and the scaled mask in one operator: a block's two residuals
+        cost four launches (and autograd nodes) fewer in training; the same random mask."""
+        if self.drop_prob == 0.0 or not self.training:
+            return x + y
+        keep = 1.0 - self.drop_prob
+        mask = y.new_empty((y.shape[0],) + (1,) * (y.dim() - 1)).bernoulli_(keep)
+        return torch.addcmul(x, y, mask, value=1.0 / keep)
+
     def extra_repr(self):
         return f'drop_prob={self.drop_prob}'
 

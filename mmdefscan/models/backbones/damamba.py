@@ -199,11 +199,11 @@ class DAMambaBlock(nn.Module):
         mixed = self.token_mixer(self.norm1(x))
         if self.layer_scale_1 is not None:
             mixed = self.layer_scale_1[:, None, None] * mixed
-        x = x + self.drop_path(mixed)
+        x = self.drop_path.residual(x, mixed)
         mixed = self.mlp(self.norm2(x))
         if self.layer_scale_2 is not None:
             mixed = self.layer_scale_2[:, None, None] * mixed
-        return x + self.drop_path(mixed)
+        return self.drop_path.residual(x, mixed)
 
 
 class DAMambaStage(nn.Module):

@@ -114,8 +114,8 @@ class DefMambaBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x):
-        x = x + self.drop_path(self.op(self.norm(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.residual(x, self.op(self.norm(x)))
+        return self.drop_path.residual(x, self.mlp(self.norm2(x)))
 
 
 class DefMambaStage(nn.Module):

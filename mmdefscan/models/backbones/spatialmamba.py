@@ -176,9 +176,9 @@ class SpatialMambaBlock(nn.Module):
 
     def forward(self, x):
         x = x + self._pos(self.cpe1, x)
-        x = x + self.drop_path(self.self_attention(self.ln_1(x)))
+        x = self.drop_path.residual(x, self.self_attention(self.ln_1(x)))
         x = x + self._pos(self.cpe2, x)
-        return x + self.drop_path(self.mlp(self.ln_2(x)))
+        return self.drop_path.residual(x, self.mlp(self.ln_2(x)))
 
 
 class SpatialMambaStage(nn.Module):
