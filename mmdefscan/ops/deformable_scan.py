@@ -47,6 +47,25 @@ def _normalised_grid(start_end, count, divisor_count, dtype, device):
             2.0 / max(divisor_count - 1, 1)) - 1.0
 
 
+@functools.lru_cache(maxsize=128)
+def _point_grids(height, width, dtype, device):
+    """Constants of the sampling points for one map size, built once: the reference grid as
+    (y, x) per pixel (H, W, 2), the offset scale 1 / (side - 1) per axis as (y, x), and half the
+    key grid as (x, y) per pixel (H, W, 2). Fills and arithmetic on the device: a tensor made
+    from a Python list would be copied with a stream synchronisation."""
+    grid = functools.partial(_normalised_grid, dtype=dtype, device=device)
+    with torch.inference_mode(False):
+        ref_yx = torch.stack(torch.meshgrid(grid((0.5, height - 0.5), height, height),
+                                            grid((0.5, width - 0.5), width, width),
+                                            indexing='ij'), -1)
+        key_half_xy = torch.stack(torch.meshgrid(grid((0, width), width, width),
+                                                 grid((0, height), height, height),
+                                                 indexing='xy'), -1) * 0.5
+        scale_yx = torch.stack([torch.full((), 1.0 / max(side - 1, 1), dtype=dtype, device=device)
+                                for side in (height, width)])
+    return ref_yx, scale_yx, key_half_xy
+
+
 class DeformablePathSort(torch.autograd.Function):
     """Sort tokens by keys; backward gives the keys DefMamba's heuristic gradient.
 
@@ -139,31 +158,27 @@ class DeformableScan(nn.Module):
         dtype, device = torch.promote_types(x.dtype, torch.float32), x.device
         point_offset, order_offset = self.conv_offset(x).to(dtype).split([2, 1], dim=1)
 
-        # sampling points (y, x), official reference grid: pixel i + 0.5 normalised by side - 1
-        ref_y = _normalised_grid((0.5, height - 0.5), height, height, dtype, device)
-        ref_x = _normalised_grid((0.5, width - 0.5), width, width, dtype, device)
-        # Python-number scales: a tensor built from a list would be copied to the device with a
-        # stream synchronisation, which stalled the host in every block
-        offset = point_offset.tanh()  # (B, 2, H, W) as (y, x)
-        pos_y = ref_y[:, None] + offset[:, 0] * (1.0 / max(height - 1, 1))
-        pos_x = ref_x[None, :] + offset[:, 1] * (1.0 / max(width - 1, 1))
-        key_y = _normalised_grid((0, height), height, height, dtype, device)
-        key_x = _normalised_grid((0, width), width, width, dtype, device)
+        # sampling points, official reference grid (pixel i + 0.5 normalised by side - 1) plus
+        # the offsets scaled by 1 / (side - 1); the conv gives (y, x), grid_sample reads (x, y)
+        ref_yx, scale_yx, key_half_xy = _point_grids(height, width, dtype, device)
+        offset = point_offset.tanh().permute(0, 2, 3, 1)  # (B, H, W, 2) as (y, x), a view
+        pos = torch.addcmul(ref_yx, offset, scale_yx).flip(-1)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
             (0.5, length - 0.5), length, length, dtype, device)
         # float64 takes the exact PyTorch path, and so do small maps in training: there the Triton
         # path's backward (35 small operators) costs the host more than PyTorch's atomic adds
         # cost the GPU
         if use_triton(x, TRAIN_MIN_NUMEL) and dtype == torch.float32:
-            return sample_and_sort_triton(x, self.rpe_table.to(dtype),
-                                          torch.stack((pos_x, pos_y), -1), keys, key_x, key_y)
+            key_y = _normalised_grid((0, height), height, height, dtype, device)
+            key_x = _normalised_grid((0, width), width, width, dtype, device)
+            return sample_and_sort_triton(x, self.rpe_table.to(dtype), pos, keys, key_x, key_y)
 
         # offset bias: the rpe table resized to the map, read at half the key-to-point distance
         table = resize_table(self.rpe_table.to(dtype), height, width)[None]
-        sampled = F.grid_sample(x.to(dtype), torch.stack((pos_x, pos_y), -1), mode='bilinear',
-                                align_corners=True)
+        sampled = F.grid_sample(x.to(dtype), pos, mode='bilinear', align_corners=True)
+        # (key - pos) / 2 as key / 2 - pos / 2: halving is exact, so the same numbers
         pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1),
-                                 _bias_points(pos_x, pos_y, key_x, key_y), mode='bilinear',
+                                 torch.add(key_half_xy, pos, alpha=-0.5), mode='bilinear',
                                  align_corners=True)
         # the tokens go on in x's dtype: fp32 here would promote the whole scan input under autocast
         return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)
