@@ -94,8 +94,10 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
     The backward is not deterministic (atomic adds in the grid sampler's and the convs' weight
     gradients), and three SGD steps amplify that: a conv bias in front of a norm has a zero true
     gradient, so its update is all noise. So the bar is a second eager run: per tensor, the
-    graph's update may differ from eager's by 4x the eager-vs-eager difference, or by 2% of the
-    update. A lost gradient is off by 100%, three extra BatchNorm updates by ~30%."""
+    graph's update may differ from eager's by 4x the eager-vs-eager difference, by 2% of the
+    update, or by four roundings of the weights (a D of 1 moved by 1e-5 ends one float32 step
+    apart: seen on the device for Spatial-Mamba's Ds and DAMamba's dt projections, round 6). A
+    lost gradient is off by 100%, three extra BatchNorm updates by ~30%."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     graphed, eager = pair(name, 'cuda')
@@ -125,7 +127,8 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
         if a.is_floating_point():
             update = b - start[key]
             noise = (b_again - b).abs().max()
-            allowed = max(4 * noise, 0.02 * update.abs().max(), 1e-12)
+            rounding = torch.finfo(b.dtype).eps * b.abs().max()
+            allowed = max(4 * noise, 0.02 * update.abs().max(), 4 * rounding, 1e-12)
             assert (a - b).abs().max() <= allowed, key
         else:
             assert torch.equal(a, b), key  # BatchNorm's num_batches_tracked
