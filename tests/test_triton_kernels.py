@@ -123,6 +123,37 @@ def test_layer_norm_module_output_dtype_under_autocast(triton_everywhere, autoca
     torch.testing.assert_close(out, ref.to(expected))  # within one rounding of the dtype
 
 
+def test_fused_offset_norm_stays_on_the_kernel_in_training(monkeypatch):
+    """GELU(LN(x * scale)) keeps the kernel on small maps in training, where the plain norm takes
+    native LayerNorm: the kernel keeps x for the backward, the PyTorch composition also the
+    product and the norm's output (3x the bytes, counted here; the plain norm's two paths keep
+    the same)."""
+    asked = []
+    monkeypatch.setattr(layer_norm_module, 'use_triton',
+                        lambda x, train_min_numel=0: asked.append(train_min_numel) or False)
+    norm = LayerNorm(32).to(DEVICE)
+    x = torch.randn(2, 6, 6, 32, device=DEVICE, requires_grad=True)
+    scale = torch.rand(2, 32, device=DEVICE, requires_grad=True)
+    norm(x), norm(x, scale=scale, gelu=True)
+    assert asked == [layer_norm_module.TRAIN_MIN_NUMEL, 0]
+
+    def saved_bytes(fn):
+        storages = {}
+
+        def pack(t):
+            if t.numel() == x.numel():  # the map-sized tensors
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(storages.values())
+    kernel = saved_bytes(lambda: layer_norm_triton(x, norm.weight, norm.bias, 1e-5, scale, True))
+    composition = saved_bytes(lambda: layer_norm_ref(x, norm.weight, norm.bias, 1e-5, scale, True))
+    assert kernel == x.numel() * 4 and composition == 3 * kernel
+    assert saved_bytes(lambda: layer_norm_triton(x, norm.weight, norm.bias)) == saved_bytes(
+        lambda: torch.nn.functional.layer_norm(x, (32,), norm.weight, norm.bias)) == kernel
+
+
 def test_layer_norm_module_over_several_dims_stays_exact(triton_everywhere):
     """The kernel normalises over one dim: a LayerNorm over two takes the PyTorch path."""
     norm = LayerNorm((4, 8)).to(DEVICE)

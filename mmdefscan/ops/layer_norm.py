@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from ._triton import use_triton
 
-# Training runs the kernel from this many elements of x: below, native LayerNorm's forward +
-# backward is faster end to end (host-bound). bench_kernels.py, H200, fp32 (round 6): native
-# 0.18-0.42 ms vs Triton 0.64-0.78 ms on Mask R-CNN maps up to 2 x 200 x 336 x 96 (12.9 M); at
-# 38.5 M (bf16, round 2) Triton 0.60-0.83 ms vs native 1.17.
+# Training runs the plain norm's kernel from this many elements of x: below, native LayerNorm's
+# forward + backward is faster end to end (host-bound). bench_kernels.py, H200, fp32 (round 6):
+# native 0.18-0.42 ms vs Triton 0.64-0.78 ms on Mask R-CNN maps up to 2 x 200 x 336 x 96
+# (12.9 M); at 38.5 M (bf16, round 2) Triton 0.60-0.83 ms vs native 1.17.
 TRAIN_MIN_NUMEL = 2 ** 24
 
 
@@ -63,10 +63,13 @@ class LayerNorm(nn.LayerNorm):
         self.autocast_output = autocast_output
 
     def forward(self, x, scale=None, gelu=False):
-        # the kernel normalises over the last dim with an affine weight and bias
-        if (not use_triton(x, TRAIN_MIN_NUMEL) or len(self.normalized_shape) != 1
-                or self.weight is None):
-            if scale is None and not gelu:
+        # the kernel normalises over the last dim with an affine weight and bias. The fused
+        # GELU(LN(x * scale)) takes it at every size: its PyTorch composition keeps two more maps
+        # for the backward (the product and the norm's output), +0.3 GiB for DefMamba-T
+        plain = scale is None and not gelu
+        if (not use_triton(x, TRAIN_MIN_NUMEL if plain else 0)
+                or len(self.normalized_shape) != 1 or self.weight is None):
+            if plain:
                 return super().forward(x)
             return layer_norm_ref(x, self.weight, self.bias, self.eps, scale, gelu)
         if torch.is_autocast_enabled(x.device.type):
