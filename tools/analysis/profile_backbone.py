@@ -119,7 +119,9 @@ def print_host_rows(averages, steps, rows):
     """Module forwards and backward nodes by host time per step (inclusive), and the operators
     by self host time: calls per step, ms per step, us per call."""
     def table(title, events, attr):
-        events = sorted(events, key=lambda e: -getattr(e, attr))[:rows]
+        # (the profiler lists each range a second time, with no time: left out)
+        events = sorted((e for e in events if getattr(e, attr) > 0),
+                        key=lambda e: -getattr(e, attr))[:rows]
         print(f'\n| {title} | calls / step | host ms / step | us / call |\n|---|---|---|---|')
         for e in events:
             total = getattr(e, attr)
