@@ -130,3 +130,30 @@ def test_two_process_training_with_torchrun(tmp_path, data_root):
     finished = sorted(set(re.findall(r'rank (\d)/2: finished training at iteration 2', result.stdout)))
     assert finished == ['0', '1'], result.stdout[-3000:]
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
+
+
+def test_benchmark_ab_env_runs_our_models_in_both_arms(monkeypatch, tmp_path):
+    """benchmark.py --ab-env: each of our models runs without, then with the variable set (the
+    peer once, without); the rows are labelled and the environment is restored."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    seen = []
+
+    def fake_run(name, args, device, timer):
+        seen.append((name, os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL')))
+        return [dict(model=name, dtype='fp32', params_M=1, infer_img_s=2.0, train_img_s=1.0,
+                     train_peak_GiB=0, train_ms=1, train_host_ms=1)]
+    monkeypatch.setattr(benchmark, 'bench_classification', fake_run)
+    monkeypatch.delenv('MMDEFSCAN_TRITON_MIN_NUMEL', raising=False)
+    out = tmp_path / 'rows.json'
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--models', 'Swin-T/timm', 'DefMamba-T',
+                                      '--ab-env', 'MMDEFSCAN_TRITON_MIN_NUMEL=0',
+                                      '--json', str(out)])
+    benchmark.main()
+    assert seen == [('Swin-T/timm', None), ('DefMamba-T', None), ('DefMamba-T', '0')]
+    assert [r['model'] for r in json.loads(out.read_text())['classification']] == [
+        'Swin-T/timm', 'DefMamba-T', 'DefMamba-T [MMDEFSCAN_TRITON_MIN_NUMEL=0]']
+    assert 'MMDEFSCAN_TRITON_MIN_NUMEL' not in os.environ
