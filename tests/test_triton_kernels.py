@@ -154,6 +154,33 @@ def test_fused_offset_norm_stays_on_the_kernel_in_training(monkeypatch):
         lambda: torch.nn.functional.layer_norm(x, (32,), norm.weight, norm.bias)) == kernel
 
 
+def test_training_routing_keeps_no_more_per_image_than_the_kernels(monkeypatch):
+    """Training sends small maps of the plain LayerNorm and the deformable tokens to PyTorch
+    (``use_triton``'s size rule). Per image, the tensors kept for the backward must not grow: the
+    PyTorch paths add per-batch constants only (the resized rpe table). Here every map counts as
+    small, and the kept bytes of one and two images give the per-image cost."""
+    def kept_bytes(model, batch):
+        params = {p.data_ptr() for p in model.parameters()}
+        storages = {}
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.randn(batch, 3, 64, 64))
+        return sum(storages.values())
+
+    model = DefMamba(arch='tiny', drop_path_rate=0.0).train()
+    per_image = {}
+    for routing, rule in (('kernels', lambda *args, **kwargs: True),
+                          ('routed', lambda x, train_min_numel=0: not train_min_numel)):
+        for module in (layer_norm_module, deformable_scan_module, scan_merge_module):
+            monkeypatch.setattr(module, 'use_triton', rule)
+        per_image[routing] = kept_bytes(model, 2) - kept_bytes(model, 1)
+    assert per_image['routed'] <= 1.01 * per_image['kernels']
+
+
 def test_layer_norm_module_over_several_dims_stays_exact(triton_everywhere):
     """The kernel normalises over one dim: a LayerNorm over two takes the PyTorch path."""
     norm = LayerNorm((4, 8)).to(DEVICE)
