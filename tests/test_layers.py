@@ -71,7 +71,9 @@ def test_drop_path_residual_equals_the_two_steps(dtype):
     (fused, *fused_grads), (plain, *plain_grads) = results
     assert fused.dtype == plain.dtype == torch.promote_types(dtype, torch.float32)
     torch.testing.assert_close(fused, reference.to(fused.dtype))
-    low = {torch.bfloat16: dict(rtol=0, atol=2 ** -7 * float(y.detach().abs().max()) * 2)}.get(dtype, {})
+    # bf16: the two steps round y * (mask / keep) to bf16, an error under 2^-7 of 2 max|y|
+    bf16_rounding = dict(rtol=0, atol=2 ** -7 * 2 * float(y.detach().abs().max()))
+    low = bf16_rounding if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(plain, reference.to(plain.dtype), **low)
     torch.testing.assert_close(fused_grads, plain_grads)
     assert 10 < int((mask == 0).sum()) < 54  # about 40% of the 64 samples dropped

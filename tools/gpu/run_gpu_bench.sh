@@ -9,8 +9,8 @@
 # extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark; AB_ENV=VAR=VALUE
 # is the switch the `ab` step measures (our backbones and Mask R-CNN without it, then with it, in
 # one process: benchmark.py --ab-env); TESTS_K selects tests (pytest -k); SCAN_ARGS go to
-# bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10 minutes: split the steps over two calls on a warm
-# machine.
+# bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10 minutes: split the
+# steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
@@ -43,8 +43,9 @@ for step in $STEPS; do
       python3 tools/analysis/bench_scan.py ${SCAN_ARGS:-} > "$OUT/scan.log" 2>&1
       grep -E "Error|error" "$OUT/scan.log" | tail -5; sed -n '/^### /,$p' "$OUT/scan.log" ;;
     kernels)
-      python3 tools/analysis/bench_kernels.py ${KERNEL_ARGS:---arch small --batch 128 --dtype bf16} \
-        > "$OUT/kernels.log" 2>&1; sed -n '/^### /,$p' "$OUT/kernels.log" ;;
+      python3 tools/analysis/bench_kernels.py \
+        ${KERNEL_ARGS:---arch small --batch 128 --dtype bf16} > "$OUT/kernels.log" 2>&1
+      sed -n '/^### /,$p' "$OUT/kernels.log" ;;
     backbones)
       benchmark backbones --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm DefMamba-T \
         DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 ;;
