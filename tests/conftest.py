@@ -1,4 +1,5 @@
 """Shared pytest fixtures."""
+import copy
 import os
 
 import pytest
@@ -16,9 +17,11 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _default_scope():
-    """Every test starts in the mmdefscan scope and leaves none behind: tests that build mmdet /
-    mmseg / mmpretrain configs switch it, and a bare type name built afterwards would then be
-    looked up in their registries."""
+    """Every test leaves MMEngine's default scope as it found it: tests that build mmdet / mmseg /
+    mmpretrain configs switch it, and a bare type name built by a later test would then be looked
+    up in their registries. (A module fixture's scope holds for its module's tests.) The same
+    restore as MMEngine's ``DefaultScope.overwrite_default_scope``, which needs a scope name."""
     from mmengine.registry import DefaultScope
-    with DefaultScope.overwrite_default_scope('mmdefscan'):
-        yield
+    saved = copy.copy(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict = saved

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 from _refs import REPO
@@ -22,16 +22,16 @@ def demo(tmp_path_factory):
     cfg = Config.fromfile(str(DET_CFG))
     cfg.model.backbone.update(dims=[16, 32, 32, 32], depths=[1, 1, 1, 1])
     cfg.model.neck.in_channels = [16, 32, 32, 32]
-    init_default_scope('mmdet')
     from mmdet.registry import DATASETS, MODELS
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model).eval()
+    with DefaultScope.overwrite_default_scope('mmdet'):  # for this module's tests only
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model).eval()
 
-    def dataset(pipeline):
-        ds = copy.deepcopy(cfg.test_dataloader.dataset)
-        ds.update(data_root=root, pipeline=pipeline)
-        return DATASETS.build(ds)
-    return cfg, model, dataset
+        def dataset(pipeline):
+            ds = copy.deepcopy(cfg.test_dataloader.dataset)
+            ds.update(data_root=root, pipeline=pipeline)
+            return DATASETS.build(ds)
+        yield cfg, model, dataset
 
 
 def predictions(samples):
