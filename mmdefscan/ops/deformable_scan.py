@@ -93,9 +93,12 @@ def sort_gradients(grad_sorted, order):
     return grad_x, (grad_sorted - grad_x).mean(1)
 
 
-def _bias_points(pos_x, pos_y, key_x, key_y):
-    """Where the offset bias reads the rpe table: half the key-to-point distance, (B, H, W, 2)."""
-    return torch.stack(((key_x[None, :] - pos_x) * 0.5, (key_y[:, None] - pos_y) * 0.5), -1)
+def _bias_points(pos):
+    """Where the offset bias reads the rpe table for points pos (B, H, W, 2) as (x, y): half the
+    key-to-point distance, (key - pos) / 2 computed as key / 2 - pos / 2 (halving is exact, so
+    the same numbers)."""
+    height, width = pos.shape[1:3]
+    return torch.add(_point_grids(height, width, pos.dtype, pos.device)[2], pos, alpha=-0.5)
 
 
 def unsort_tokens(y_sorted, order):
@@ -160,7 +163,7 @@ class DeformableScan(nn.Module):
 
         # sampling points, official reference grid (pixel i + 0.5 normalised by side - 1) plus
         # the offsets scaled by 1 / (side - 1); the conv gives (y, x), grid_sample reads (x, y)
-        ref_yx, scale_yx, key_half_xy = _point_grids(height, width, dtype, device)
+        ref_yx, scale_yx, _ = _point_grids(height, width, dtype, device)
         offset = point_offset.tanh().permute(0, 2, 3, 1)  # (B, H, W, 2) as (y, x), a view
         pos = torch.addcmul(ref_yx, offset, scale_yx).flip(-1)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
@@ -176,10 +179,8 @@ class DeformableScan(nn.Module):
         # offset bias: the rpe table resized to the map, read at half the key-to-point distance
         table = resize_table(self.rpe_table.to(dtype), height, width)[None]
         sampled = F.grid_sample(x.to(dtype), pos, mode='bilinear', align_corners=True)
-        # (key - pos) / 2 as key / 2 - pos / 2: halving is exact, so the same numbers
-        pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1),
-                                 torch.add(key_half_xy, pos, alpha=-0.5), mode='bilinear',
-                                 align_corners=True)
+        pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1), _bias_points(pos),
+                                 mode='bilinear', align_corners=True)
         # the tokens go on in x's dtype: fp32 here would promote the whole scan input under autocast
         return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)
 
@@ -265,22 +266,21 @@ class _SampleAndSort(torch.autograd.Function):
     def forward(ctx, x, rpe_table, pos, keys, key_x, key_y):
         from .kernels.deform_sample_triton import sample_sort_fwd
         order = torch.argsort(keys, dim=-1, stable=True)
-        ctx.save_for_backward(x, rpe_table, pos, order, key_x, key_y)
+        ctx.save_for_backward(x, rpe_table, pos, order)
         ctx.mark_non_differentiable(order)
         table = resize_table(rpe_table, *x.shape[2:])
         return sample_sort_fwd(x, table, pos, order, key_x, key_y), order
 
     @staticmethod
     def backward(ctx, grad, _grad_order):
-        x, rpe_table, pos, order, key_x, key_y = ctx.saved_tensors
+        x, rpe_table, pos, order = ctx.saved_tensors
         batch, dim, height, width = x.shape
         grad_tokens, grad_keys = sort_gradients(grad.float(), order)
         grad_map = grad_tokens.view(batch, dim, height, width)
         # (interpolation 0 = bilinear, padding 0 = zeros, align_corners=True), as the forward
         grad_x, grad_pos = torch.ops.aten.grid_sampler_2d_backward(
             grad_map, x.float(), pos, 0, 0, True, [True, True])
-        grad_table, grad_points = rpe_table_backward(
-            grad_map, rpe_table, _bias_points(pos[..., 0], pos[..., 1], key_x, key_y))
+        grad_table, grad_points = rpe_table_backward(grad_map, rpe_table, _bias_points(pos))
         return (grad_x.to(x.dtype), grad_table, grad_pos - 0.5 * grad_points, grad_keys,
                 None, None)
 
