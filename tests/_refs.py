@@ -25,6 +25,21 @@ def reference_files(model):
     return files
 
 
+def saved_bytes(run, keep=lambda t: True):
+    """(run()'s result, bytes of the distinct storages autograd keeps for its backward, among
+    the saved tensors ``keep`` accepts)."""
+    storages = {}
+
+    def pack(t):
+        if keep(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    return out, sum(storages.values())
+
+
 def max_rel_err(out, ref):
     out, ref = out.detach().double(), ref.detach().double()
     return float((out - ref).abs().max() / ref.abs().max())

@@ -4,22 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _refs import saved_bytes
 from mmdefscan.models.layers import DropPath, Mlp
 
 
 def saved_activation_bytes(fn, x, params):
-    """Bytes of the non-parameter tensors autograd keeps for the backward of fn(x)."""
+    """(fn(x), bytes of the non-parameter tensors autograd keeps for its backward)."""
     param_ptrs = {p.data_ptr() for p in params}
-    storages = {}
-
-    def pack(t):
-        if t.data_ptr() not in param_ptrs:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(x)
-    return out, sum(storages.values())
+    return saved_bytes(lambda: fn(x), lambda t: t.data_ptr() not in param_ptrs)
 
 
 @pytest.mark.parametrize('dtype, autocast', [(torch.float64, False), (torch.float32, False),

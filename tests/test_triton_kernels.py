@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from _refs import load_ref, max_rel_err, reference_files, run_case
+from _refs import load_ref, max_rel_err, reference_files, run_case, saved_bytes
 from mmdefscan.models.backbones import DefMamba
 from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
 from mmdefscan.ops import deformable_scan as deformable_scan_module
@@ -137,20 +137,12 @@ def test_fused_offset_norm_stays_on_the_kernel_in_training(monkeypatch):
     norm(x), norm(x, scale=scale, gelu=True)
     assert asked == [layer_norm_module.TRAIN_MIN_NUMEL, 0]
 
-    def saved_bytes(fn):
-        storages = {}
-
-        def pack(t):
-            if t.numel() == x.numel():  # the map-sized tensors
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(storages.values())
-    kernel = saved_bytes(lambda: layer_norm_triton(x, norm.weight, norm.bias, 1e-5, scale, True))
-    composition = saved_bytes(lambda: layer_norm_ref(x, norm.weight, norm.bias, 1e-5, scale, True))
+    def map_bytes(run):  # of the map-sized tensors kept
+        return saved_bytes(run, lambda t: t.numel() == x.numel())[1]
+    kernel = map_bytes(lambda: layer_norm_triton(x, norm.weight, norm.bias, 1e-5, scale, True))
+    composition = map_bytes(lambda: layer_norm_ref(x, norm.weight, norm.bias, 1e-5, scale, True))
     assert kernel == x.numel() * 4 and composition == 3 * kernel
-    assert saved_bytes(lambda: layer_norm_triton(x, norm.weight, norm.bias)) == saved_bytes(
+    assert map_bytes(lambda: layer_norm_triton(x, norm.weight, norm.bias)) == map_bytes(
         lambda: torch.nn.functional.layer_norm(x, (32,), norm.weight, norm.bias)) == kernel
 
 
@@ -159,17 +151,10 @@ def test_training_routing_keeps_no_more_per_image_than_the_kernels(monkeypatch):
     (``use_triton``'s size rule). Per image, the tensors kept for the backward must not grow: the
     PyTorch paths add per-batch constants only (the resized rpe table). Here every map counts as
     small, and the kept bytes of one and two images give the per-image cost."""
-    def kept_bytes(model, batch):
+    def kept_bytes(model, batch):  # not counting the parameters
         params = {p.data_ptr() for p in model.parameters()}
-        storages = {}
-
-        def pack(t):
-            if t.data_ptr() not in params:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(torch.randn(batch, 3, 64, 64))
-        return sum(storages.values())
+        return saved_bytes(lambda: model(torch.randn(batch, 3, 64, 64)),
+                           lambda t: t.data_ptr() not in params)[1]
 
     model = DefMamba(arch='tiny', drop_path_rate=0.0).train()
     per_image = {}
