@@ -15,6 +15,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark import environ  # noqa: E402
 from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
 from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
@@ -42,12 +44,8 @@ def with_triton(flag, fn):
     """Run fn with the Triton kernels on or off (the switch is read at every call)."""
     def run():
         # every map size on the kernels when they are on (training sends small maps to PyTorch)
-        os.environ.update(MMDEFSCAN_TRITON=flag, MMDEFSCAN_TRITON_MIN_NUMEL='0')
-        try:
+        with environ(MMDEFSCAN_TRITON=flag, MMDEFSCAN_TRITON_MIN_NUMEL='0'):
             out = fn()
-        finally:
-            os.environ.pop('MMDEFSCAN_TRITON')
-            os.environ.pop('MMDEFSCAN_TRITON_MIN_NUMEL')
         return out[0].float().sum() if isinstance(out, tuple) else out
     return run
 

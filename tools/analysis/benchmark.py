@@ -289,28 +289,26 @@ def bench_downstream(config, kind, args, device, timer):
 
 
 @contextlib.contextmanager
-def environ(assignment):
-    """Set VAR=VALUE for the block (nothing for None)."""
-    if assignment is None:
-        yield
-        return
-    var, value = assignment.split('=', 1)
-    old = os.environ.get(var)
-    os.environ[var] = value
+def environ(**variables):
+    """Set these environment variables for the block, then restore what was there."""
+    old = {var: os.environ.get(var) for var in variables}
+    os.environ.update(variables)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(var)
-        else:
-            os.environ[var] = old
+        for var, value in old.items():
+            if value is None:
+                os.environ.pop(var)
+            else:
+                os.environ[var] = value
 
 
 def ab_runs(ours, args):
-    """(environment assignment or None, label suffix) of each run of a model."""
+    """(environment variables to set, label suffix) of each run of a model."""
     if not (ours and args.ab_env):
-        return [(None, '')]
-    return [(None, ''), (args.ab_env, f' [{args.ab_env}]')]
+        return [({}, '')]
+    var, value = args.ab_env.split('=', 1)
+    return [({}, ''), ({var: value}, f' [{args.ab_env}]')]
 
 
 def main():
@@ -343,16 +341,16 @@ def main():
     timer = Timer(device)
     rows = []
     for name in args.models:
-        for assignment, label in ab_runs(MODELS[name][0] == 'mmdefscan', args):
-            with environ(assignment):
+        for variables, label in ab_runs(MODELS[name][0] == 'mmdefscan', args):
+            with environ(**variables):
                 runs = bench_classification(name, args, device, timer)
             rows += [dict(r, model=r['model'] + label) for r in runs]
     downstream = []
     for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
         for config in configs:
-            for assignment, label in ab_runs('::' not in config, args):
+            for variables, label in ab_runs('::' not in config, args):
                 try:  # one broken config (a missing package, an op without a dtype) skips a row
-                    with environ(assignment):
+                    with environ(**variables):
                         runs = bench_downstream(config, kind, args, device, timer)
                     downstream += [dict(r, config=r['config'] + label) for r in runs]
                 except Exception as err:  # noqa: BLE001
