@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _refs import load_ref, max_rel_err, reference_files, run_case, saved_bytes
-from mmdefscan.models.backbones import DefMamba
+from mmdefscan.models.backbones import DAMamba, DefMamba, SpatialMamba
 from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
 from mmdefscan.ops import deformable_scan as deformable_scan_module
 from mmdefscan.ops import layer_norm as layer_norm_module
@@ -18,6 +18,8 @@ from mmdefscan.ops import scan_merge as scan_merge_module
 from mmdefscan.ops import selective_scan as selective_scan_module
 from mmdefscan.ops.layer_norm import layer_norm_triton
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton
+from mmdefscan.ops.state_fusion import StateFusion, fuse_read_out_ref
+from mmdefscan.ops import state_fusion as state_fusion_module
 from mmdefscan.ops.selective_scan import (selective_scan_ref, selective_scan_triton,
                                           triton_scan_supported)
 
@@ -27,10 +29,11 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Route the model's LayerNorms, scan merges and deformable sampling through the kernels,
+    """Route the model's LayerNorms, scan merges, deformable sampling and state-fusion read-outs
+    through the kernels,
     CPU tensors included, and on CUDA the selective scan too (in the interpreter a whole model's
     scans would take many minutes: its tests below use small shapes)."""
-    modules = [layer_norm_module, scan_merge_module, deformable_scan_module]
+    modules = [layer_norm_module, scan_merge_module, deformable_scan_module, state_fusion_module]
     for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda *args, **kwargs: True)
 
@@ -153,10 +156,10 @@ def test_training_routing_keeps_no_more_per_image_than_the_kernels(monkeypatch):
     small, and the kept bytes of one and two images give the per-image cost."""
     def kept_bytes(model, batch):  # not counting the parameters
         params = {p.data_ptr() for p in model.parameters()}
-        return saved_bytes(lambda: model(torch.randn(batch, 3, 64, 64)),
+        return saved_bytes(lambda: model(torch.randn(batch, 3, 64, 64, device=DEVICE)),
                            lambda t: t.data_ptr() not in params)[1]
 
-    model = DefMamba(arch='tiny', drop_path_rate=0.0).train()
+    model = DefMamba(arch='tiny', drop_path_rate=0.0).to(DEVICE).train()
     per_image = {}
     for routing, rule in (('kernels', lambda *args, **kwargs: True),
                           ('routed', lambda x, train_min_numel=0: not train_min_numel)):
@@ -191,6 +194,52 @@ def test_scan_merge_kernel_matches_torch(dtype, size):
         assert max_rel_err(a, b) < 1e-6
     with torch.no_grad():  # inference skips the saved copy of the merged scans, same output
         torch.testing.assert_close(merge_scans_gate_triton(ys, order, z), out.detach())
+
+
+@pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 9)])
+def test_state_fusion_read_out_kernel_matches_torch(size):
+    """Spatial-Mamba's fused read-out (clamped dilated taps, C * fused + D * u, channel-last
+    store) against the PyTorch eval path (replicate pad + merged 11x11 conv); maps smaller and
+    larger than the widest dilation, channels not a multiple of the tile, C a strided view."""
+    from mmdefscan.ops.kernels.state_fusion_triton import fuse_read_out_fwd
+    batch, dim, length = 2, 40, size[0] * size[1]
+    fusion = StateFusion(dim).to(DEVICE).eval()
+    with torch.no_grad():
+        for param in fusion.parameters():
+            param.copy_(torch.randn_like(param))
+    h = torch.randn(batch, dim, *size, device=DEVICE)
+    x_dbl = torch.randn(batch, 3, length, dtype=torch.bfloat16, device=DEVICE)
+    C = x_dbl[:, 2:]  # (B, 1, L) with the batch stride of x_proj's output, as in the model
+    u = torch.randn(batch, dim, length, dtype=torch.bfloat16, device=DEVICE)
+    D = torch.randn(dim, device=DEVICE)
+    with torch.no_grad():
+        ref = fuse_read_out_ref(fusion, h, C, u, D)
+        out = fuse_read_out_fwd(h, list(fusion.kernels()), fusion.alpha,
+                                C.reshape(batch, length), u, D, torch.float32)
+    assert out.shape == ref.shape == (batch, *size, dim) and out.is_contiguous()
+    assert ref.dtype == torch.float32
+    assert max_rel_err(out, ref) < 1e-5
+
+
+def test_state_fusion_read_out_takes_the_kernel_only_without_autograd(monkeypatch):
+    """The kernel has no backward: training, or any input that needs a gradient, takes the
+    PyTorch path; inference of float32 states takes the kernel, with the same result."""
+    calls = []
+    monkeypatch.setattr(state_fusion_module, 'use_triton', lambda x: calls.append(x) or True)
+    fusion = StateFusion(8).to(DEVICE)
+    h = torch.randn(1, 8, 4, 5, device=DEVICE)
+    C, u, D = (torch.randn(1, 1, 20, device=DEVICE), torch.randn(1, 8, 20, device=DEVICE),
+               torch.randn(8, device=DEVICE))
+    ref = fuse_read_out_ref(fusion.eval(), h, C, u, D)
+    assert ref.requires_grad  # the fusion's parameters: the eval forward with autograd is exact
+    assert torch.equal(fusion.eval().read_out(h, C, u, D), ref) and not calls
+    with torch.no_grad():
+        assert torch.equal(fusion.train().read_out(h, C, u, D), fuse_read_out_ref(fusion, h, C, u, D))
+        assert not calls
+        out = fusion.eval().read_out(h, C, u, D)
+        assert len(calls) == 1 and max_rel_err(out, ref) < 1e-6
+        fusion.read_out(h.double(), C.double(), u.double(), D.double())  # float64 stays exact
+        assert len(calls) == 1
 
 
 def test_scan_merge_rejects_mismatched_shapes():
@@ -322,15 +371,17 @@ def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
     assert not triton_scan_supported(u, B4, B4, None, False)
 
 
-@pytest.mark.parametrize('path', reference_files('defmamba')[:1])
-def test_defmamba_with_the_kernels_matches_official(triton_everywhere, monkeypatch, path):
-    """The whole backbone with every LayerNorm, scan merge and deformable sampling on the kernels,
-    fp32, against the official outputs and input gradients (the tolerances of test_defmamba.py;
-    TF32 off on CUDA: the fixtures are full fp32)."""
+@pytest.mark.parametrize('name, backbone', [('defmamba', DefMamba), ('spatialmamba', SpatialMamba),
+                                            ('damamba', DAMamba)])
+def test_backbone_with_the_kernels_matches_official(triton_everywhere, monkeypatch, name,
+                                                    backbone):
+    """The whole backbone with every LayerNorm, scan merge, deformable sampling and state-fusion
+    read-out on the kernels, fp32, against the official outputs and input gradients (the
+    tolerances of the backbones' own tests; TF32 off on CUDA: the fixtures are full fp32)."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
-    ref = load_ref(path)
-    model = DefMamba(out_indices=ref['out_indices'], **ref['config_kwargs']).to(DEVICE)
+    ref = load_ref(reference_files(name)[0])
+    model = backbone(out_indices=ref['out_indices'], **ref['config_kwargs']).to(DEVICE)
     ref = {k: v.to(DEVICE) if torch.is_tensor(v) else
            [t.to(DEVICE) for t in v] if isinstance(v, (list, tuple)) and v and
            torch.is_tensor(v[0]) else v for k, v in ref.items()}

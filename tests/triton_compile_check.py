@@ -9,7 +9,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mmdefscan.ops.kernels import (deform_sample_triton, layer_norm_triton, scan_merge_triton,
-                                   selective_scan_triton)
+                                   selective_scan_triton, state_fusion_triton)
 
 # pointers default to fp32; index pointers and low-precision activations are named here
 INDEX = {'INV': '*i32', 'ORDER': '*i64'}
@@ -43,6 +43,8 @@ def main():
                      activations=('YS', 'Z', 'OUT', 'Y'))
     compile_for_sm90(scan_merge_triton._merge_bwd_kernel, merge, 'LD',
                      activations=('G', 'Z', 'DYS', 'DZ'))
+    compile_for_sm90(state_fusion_triton._fuse_read_out_kernel, merge, 'HEIGHT WIDTH D'.split(),
+                     activations=('C', 'U'))
     compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel, dict(BLOCK_T=64, BLOCK_C=32),
                      'DHWL', activations=('X', 'OUT'))
     for fused in (False, True):

@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
 
 
@@ -114,7 +115,8 @@ class OffsetPredictionNet(nn.Module):
         self.dw_conv = nn.Sequential(
             nn.Conv2d(channels, channels, dw_kernel_size, padding=(dw_kernel_size - 1) // 2,
                       groups=channels),
-            nn.Sequential(_ToChannelsLast(), nn.LayerNorm(channels, eps=1e-6)),
+            # the Triton norm reads the permuted conv output in place (no contiguous copy)
+            nn.Sequential(_ToChannelsLast(), LayerNorm(channels, eps=1e-6)),
             nn.GELU())
         self.offset = nn.Linear(channels, 2 * groups)
         nn.init.zeros_(self.offset.weight)

@@ -28,12 +28,18 @@ Replicate padding clamps indices, so both forms are the same function. Training 
 dilated convolutions, evaluation the fused kernel (as the official ``dwconv2d`` path), but M is
 rebuilt from the current parameters on every evaluation forward: it never goes stale after an
 optimiser step or ``load_state_dict`` (the official cache does), and it can be back-propagated.
+
+**Read-out.** :meth:`StateFusion.read_out` returns y = C * fused(h) + D * u as channel-last tokens.
+Without autograd on CUDA it is one Triton kernel (``kernels/state_fusion_triton.py``: the clamped
+taps read the states directly, no padded copy, no 11x11 conv, no transposing copy); otherwise
+:func:`fuse_read_out_ref`.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from ._triton import use_triton
 from .selective_scan import _compute_dtype, selective_scan_fn
 
 
@@ -130,5 +136,34 @@ class StateFusion(nn.Module):
         return F.conv2d(F.pad(h, (pad,) * 4, mode='replicate'),
                         self.merged_kernel().to(h.dtype), groups=self.dim)
 
+    def read_out(self, h, C, u, D):
+        """Channel-last y = C * self(h) + D * u (see the module docstring).
+
+        Args:
+            h: states (B, dim, H, W); C: (B, 1, H*W) or (B, H*W); u: (B, dim, H*W); D: (dim,).
+
+        Returns:
+            (B, H, W, dim) in the promoted dtype of h, C, u and D (float32 for float32 states).
+        """
+        batch, dim, height, width = h.shape
+        C = C.reshape(batch, height * width)
+        kernels = self.kernels()
+        grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (h, C, u, D, self.alpha, *kernels))
+        if self.training or grad or h.dtype != torch.float32 or not use_triton(h):
+            return fuse_read_out_ref(self, h, C, u, D)
+        from .kernels.state_fusion_triton import fuse_read_out_fwd
+        out_dtype = torch.promote_types(torch.promote_types(h.dtype, C.dtype),
+                                        torch.promote_types(u.dtype, D.dtype))
+        return fuse_read_out_fwd(h.contiguous(), [k.contiguous() for k in kernels], self.alpha,
+                                 C, u.contiguous(), D, out_dtype)
+
     def extra_repr(self):
         return f'dim={self.dim}, dilations={self.dilations}'
+
+
+def fuse_read_out_ref(fusion, h, C, u, D):
+    """PyTorch :meth:`StateFusion.read_out`: (B, H, W, dim) = C * fusion(h) + D * u."""
+    batch, dim, height, width = h.shape
+    y = torch.addcmul(u * D[:, None], fusion(h).flatten(2), C.reshape(batch, 1, -1))
+    return y.transpose(1, 2).reshape(batch, height, width, dim)

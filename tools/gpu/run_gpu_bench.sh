@@ -37,7 +37,8 @@ for step in $STEPS; do
     build) bash tools/gpu/pack_ext.sh "$SITE" "$OUT" ;;
     tests)
       python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_triton_kernels.py \
-        tests/test_cuda_graph.py ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" \
+        tests/test_cuda_graph.py tests/test_gpu_spatialmamba.py tests/test_gpu_damamba.py \
+        ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/gpu_tests.log" \
         | grep -E "passed|failed|rel err|per stage|Error" ;;
     scan)
       python3 tools/analysis/bench_scan.py ${SCAN_ARGS:-} > "$OUT/scan.log" 2>&1

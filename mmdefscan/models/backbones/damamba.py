@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 
-from ...ops import DynamicAdaptiveScan, selective_scan_states
+from ...ops import DynamicAdaptiveScan, LayerNorm, selective_scan_states
 from ...registry import register_backbone
 from ..layers import DropPath, stochastic_depth_rates
 from .base import ScanBackbone
@@ -77,11 +77,13 @@ def build_norm(cfg, channels):
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of a (B, C, H, W) map (official ``LayerNorm`` wrapper, key
-    ``norm.*``, eps 1e-6)."""
+    ``norm.*``, eps 1e-6). The Triton norm reads the channel-first map in place and writes the
+    same layout (no permuted copies); ``autocast_output`` as :class:`mmdefscan.ops.LayerNorm`'s,
+    for norms that feed convolutions."""
 
-    def __init__(self, dim, eps=1e-6):
+    def __init__(self, dim, eps=1e-6, autocast_output=False):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = LayerNorm(dim, eps=eps, autocast_output=autocast_output)
 
     def forward(self, x):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
@@ -143,7 +145,7 @@ class DASSM(nn.Module):
         self.Ds = nn.Parameter(torch.empty(dim))
         self.in_proj = nn.Conv2d(dim, dim, 1, bias=False)
         self.conv2d = nn.Conv2d(dim, dim, d_conv, padding=(d_conv - 1) // 2, groups=dim)
-        self.out_norm = LayerNorm2d(dim)
+        self.out_norm = LayerNorm2d(dim, autocast_output=True)  # feeds out_proj
         self.out_proj = nn.Conv2d(dim, dim, 1, bias=False)
         self.da_scan = DynamicAdaptiveScan(dim, groups=dim // head_dim)
         self.reset_ssm_parameters()
@@ -170,7 +172,8 @@ class DASSM(nn.Module):
         h = selective_scan_states(u, delta, -torch.exp(self.A_logs), Bs, self.dt_projs_bias)[:, :, 0]
         # h is float32 (as the official kernel returns); the sum keeps the official float32
         # under autocast and returns to the model's dtype when the model itself is low precision
-        y = (h * Cs + u * self.Ds[:, None]).to(torch.promote_types(u.dtype, self.Ds.dtype))
+        y = torch.addcmul(u * self.Ds[:, None], h, Cs).to(torch.promote_types(u.dtype,
+                                                                               self.Ds.dtype))
         return self.out_proj(self.out_norm(y.reshape(batch, dim, height, width)))
 
 
@@ -188,7 +191,7 @@ class DAMambaBlock(nn.Module):
             self.register_parameter('layer_scale_1', None)
             self.register_parameter('layer_scale_2', None)
         self.token_mixer = DASSM(dim, head_dim)
-        self.norm1 = LayerNorm2d(dim)
+        self.norm1 = LayerNorm2d(dim, autocast_output=True)  # feeds in_proj and the offsets
         self.norm2 = build_norm(norm_cfg, dim)
         self.mlp = ConvFFN(dim, int(mlp_ratio * dim))
         self.drop_path = DropPath(drop_path)

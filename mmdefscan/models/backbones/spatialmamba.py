@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from ...ops import StateFusion, selective_scan_states
+from ...ops import LayerNorm, StateFusion, selective_scan_states
 from ...registry import register_backbone
 from ..layers import DropPath, Mlp, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
@@ -109,7 +109,7 @@ class StructureAwareSSM(nn.Module):
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
         self.state_fusion = StateFusion(d_inner)
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.reset_ssm_parameters(dt_init)
@@ -136,7 +136,7 @@ class StructureAwareSSM(nn.Module):
         self.Ds.fill_(1.0)
 
     def ssm(self, x):
-        """x (B, D, H, W) -> y (B, D, L)."""
+        """x (B, D, H, W) -> y (B, H, W, D) = C * fused states + D * u."""
         batch, d_inner, height, width = x.shape
         u = x.flatten(2)
         x_dbl = torch.matmul(self.x_proj_weight, u)
@@ -144,15 +144,12 @@ class StructureAwareSSM(nn.Module):
         dts = torch.matmul(self.dt_projs_weight, dts)
         h = selective_scan_states(u, dts, -torch.exp(self.A_logs), Bs, self.dt_projs_bias,
                                   delta_softplus=True)  # (B, D, 1, L), float32 (or float64)
-        h = self.state_fusion(h.view(batch, d_inner, height, width)).flatten(2)
-        return h * Cs + u * self.Ds[:, None]
+        return self.state_fusion.read_out(h.view(batch, d_inner, height, width), Cs, u, self.Ds)
 
     def forward(self, x):
-        batch, height, width, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.ssm(x).transpose(1, 2).reshape(batch, height, width, -1)
-        y = self.out_norm(y.to(self.out_norm.weight.dtype))
+        y = self.out_norm(self.ssm(x).to(self.out_norm.weight.dtype))
         y = self.out_proj(y * F.silu(z))
         return self.dropout(y) if self.dropout is not None else y
 
@@ -163,11 +160,12 @@ class SpatialMambaBlock(nn.Module):
     def __init__(self, dim, drop_path=0.0, mlp_ratio=4.0, attn_drop_rate=0.0, **ssm_kwargs):
         super().__init__()
         self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.ln_1 = nn.LayerNorm(dim)
+        # the two block norms feed Linears: under autocast they write the autocast dtype
+        self.ln_1 = LayerNorm(dim, autocast_output=True)
         self.self_attention = StructureAwareSSM(dim, dropout=attn_drop_rate, **ssm_kwargs)
         self.drop_path = DropPath(drop_path)
         self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.ln_2 = nn.LayerNorm(dim)
+        self.ln_2 = LayerNorm(dim, autocast_output=True)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     @staticmethod
@@ -245,7 +243,7 @@ class SpatialMamba(ChannelsLastBackbone):
                 downsample = None
             self.layers.append(SpatialMambaStage(blocks, downsample))
         for i in self.out_indices:
-            self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
+            self.add_module(f'outnorm{i}', LayerNorm(dims[i]))
         self.apply(self._init_module)
 
     @staticmethod
