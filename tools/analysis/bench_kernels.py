@@ -1,4 +1,5 @@
-"""Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes.
+"""Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes (and
+Spatial-Mamba's inference-only state-fusion read-out on 2x the stage width, its d_inner).
 
     python tools/analysis/bench_kernels.py [--arch small] [--batch 128] [--dtype bf16]
         [--map 56 56] [--only OP]
@@ -21,6 +22,7 @@ from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
 from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
+from mmdefscan.ops.state_fusion import StateFusion, fuse_read_out_ref  # noqa: E402
 
 
 def timed(fn, backward, dtype, iters=20, warmup=5):
@@ -64,6 +66,15 @@ def cases(dim, height, width, batch, dtype, stage):
     order = torch.rand(batch, tokens, device=dev).argsort(-1)
     cl = cf.permute(0, 2, 3, 1)
     scan = DeformableScan(dim, stage).to(dev)
+    fusion = StateFusion(2 * dim).to(dev).eval()
+    states = torch.randn(batch, 2 * dim, height, width, device=dev)
+    x_dbl = torch.randn(batch, 3, tokens, device=dev, dtype=dtype)
+    u = torch.randn(batch, 2 * dim, tokens, device=dev, dtype=dtype)
+    skip = torch.randn(2 * dim, device=dev)
+
+    def read_out():  # the kernel runs only without autograd
+        with torch.no_grad():
+            return fusion.read_out(states, x_dbl[:, 2:], u, skip)
     return {
         'deformable sample + bias + sort': (with_triton('0', lambda: scan(cf)),
                                             with_triton('1', lambda: scan(cf))),
@@ -73,6 +84,8 @@ def cases(dim, height, width, batch, dtype, stage):
                                      lambda: layer_norm_triton(cl, w, b, 1e-5, scale, True)),
         'scan merge + gate': (lambda: merge_scans_gate_ref(ys, order, proj[..., dim:]),
                               lambda: merge_scans_gate_triton(ys, order, proj[..., dim:])),
+        # inference only: no backward
+        'state fusion read-out (2x width)': (with_triton('0', read_out), with_triton('1', read_out)),
     }
 
 
@@ -94,7 +107,9 @@ def main():
         for name, (ref, fused) in cases(dim, height, width, args.batch, dtype, stage).items():
             if args.only not in name:
                 continue
-            times = [timed(fn, bw, dtype) for bw in (False, True) for fn in (ref, fused)]
+            backward = 'read-out' not in name
+            times = [timed(fn, bw, dtype) if backward or not bw else float('nan')
+                     for bw in (False, True) for fn in (ref, fused)]
             rows.append((stage, name, *times))
             print(rows[-1], flush=True)
     print(f'\n### {args.arch}, batch {args.batch}, stage-0 map {args.map[0]}x{args.map[1]}, '
