@@ -31,6 +31,15 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
+def batched_matmul(weight, x):
+    """weight (M, K) @ x (B, K, N) -> (B, M, N) as one batched GEMM on x as it is laid out.
+
+    ``torch.matmul`` folds this broadcast into one GEMM on x transposed: a transposing copy of x
+    and another of the result. Here the weight is broadcast over the batch instead (a stride-0
+    view; the GEMM reads x, and strided slices of it, in place)."""
+    return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
+
+
 class Permute(nn.Module):
     """Module form of ``Tensor.permute`` (keeps the official Sequential indices)."""
 

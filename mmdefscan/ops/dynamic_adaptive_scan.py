@@ -39,6 +39,8 @@ state that returns the state sequence itself,
 i.e. :func:`~mmdefscan.ops.selective_scan_states` (the shared selective scan with C = 1, no D
 and no gate), always in float32 (float64 stays float64), whatever the dtype of its inputs.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,6 +48,19 @@ import torch.nn.functional as F
 from ..registry import MODELS
 from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_constants(height, width, dtype, device):
+    """Per map size, built once: grid_sample's coordinates of the pixel centres as (x, y)
+    (H, W, 1, 2), and the normalised size of one pixel per axis, (2 / W, 2 / H)."""
+    def centres(side):
+        return (2 * torch.arange(side, dtype=dtype, device=device) + 1) / side - 1
+    with torch.inference_mode(False):
+        grid = torch.stack(torch.meshgrid(centres(width), centres(height), indexing='xy'), -1)
+        scale = torch.stack([torch.full((), 2.0 / side, dtype=dtype, device=device)
+                             for side in (width, height)])
+    return grid[:, :, None], scale
 
 
 def adaptive_sample(values, offsets, groups):
@@ -70,11 +85,9 @@ def adaptive_sample(values, offsets, groups):
     cdt = _compute_dtype(values.dtype)
     with torch.autocast(values.device.type, enabled=False):
         off = offsets.to(cdt).unflatten(-1, (groups, 2))  # (B, H, W, G, 2)
-        cols = torch.arange(width, dtype=cdt, device=values.device)[:, None]  # (W, 1)
-        rows = torch.arange(height, dtype=cdt, device=values.device)[:, None, None]  # (H, 1, 1)
-        grid_x = (2 * (cols + off[..., 0]) + 1) / width - 1
-        grid_y = (2 * (rows + off[..., 1]) + 1) / height - 1
-        grid = torch.stack((grid_x, grid_y), -1).permute(0, 3, 1, 2, 4)  # (B, G, H, W, 2)
+        centres, scale = _grid_constants(height, width, cdt, values.device)
+        # g = (2 (i + d) + 1) / side - 1 = centre + d * 2 / side, for x and y in one operator
+        grid = torch.addcmul(centres, off, scale).permute(0, 3, 1, 2, 4)  # (B, G, H, W, 2)
         grid = grid.reshape(batch * groups, height, width, 2)
         sampled = F.grid_sample(
             values.to(cdt).reshape(batch * groups, channels // groups, height, width), grid,

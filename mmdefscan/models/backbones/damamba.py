@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 
 from ...ops import DynamicAdaptiveScan, LayerNorm, selective_scan_states
 from ...registry import register_backbone
-from ..layers import DropPath, stochastic_depth_rates
+from ..layers import DropPath, batched_matmul, stochastic_depth_rates
 from .base import ScanBackbone
 
 # Per variant: what the official DAMamba_tiny / _small / _base pass (drop path: the downstream
@@ -167,8 +167,8 @@ class DASSM(nn.Module):
         batch, dim, height, width = z.shape
         x = F.silu(self.conv2d(self.in_proj(z)))
         u = self.da_scan(z, x).reshape(batch, dim, height * width)
-        dts, Bs, Cs = torch.matmul(self.x_proj_weight, u).split([self.dt_rank, 1, 1], dim=1)
-        delta = torch.matmul(self.dt_projs_weight, dts)
+        dts, Bs, Cs = batched_matmul(self.x_proj_weight, u).split([self.dt_rank, 1, 1], dim=1)
+        delta = batched_matmul(self.dt_projs_weight, dts)
         h = selective_scan_states(u, delta, -torch.exp(self.A_logs), Bs, self.dt_projs_bias)[:, :, 0]
         # h is float32 (as the official kernel returns); the sum keeps the official float32
         # under autocast and returns to the model's dtype when the model itself is low precision

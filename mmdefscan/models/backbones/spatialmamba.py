@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 
 from ...ops import LayerNorm, StateFusion, selective_scan_states
 from ...registry import register_backbone
-from ..layers import DropPath, Mlp, stage_dims, stochastic_depth_rates
+from ..layers import DropPath, Mlp, batched_matmul, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
 
 # dims (int -> dims * 2**i), depths and the classification drop-path rate of each variant
@@ -139,9 +139,9 @@ class StructureAwareSSM(nn.Module):
         """x (B, D, H, W) -> y (B, H, W, D) = C * fused states + D * u."""
         batch, d_inner, height, width = x.shape
         u = x.flatten(2)
-        x_dbl = torch.matmul(self.x_proj_weight, u)
+        x_dbl = batched_matmul(self.x_proj_weight, u)
         dts, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        dts = torch.matmul(self.dt_projs_weight, dts)
+        dts = batched_matmul(self.dt_projs_weight, dts)
         h = selective_scan_states(u, dts, -torch.exp(self.A_logs), Bs, self.dt_projs_bias,
                                   delta_softplus=True)  # (B, D, 1, L), float32 (or float64)
         return self.state_fusion.read_out(h.view(batch, d_inner, height, width), Cs, u, self.Ds)
