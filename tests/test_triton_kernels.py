@@ -13,6 +13,7 @@ from _refs import load_ref, max_rel_err, reference_files, run_case, saved_bytes
 from mmdefscan.models.backbones import DAMamba, DefMamba, SpatialMamba
 from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
 from mmdefscan.ops import deformable_scan as deformable_scan_module
+from mmdefscan.ops import dynamic_adaptive_scan as adaptive_scan_module
 from mmdefscan.ops import layer_norm as layer_norm_module
 from mmdefscan.ops import scan_merge as scan_merge_module
 from mmdefscan.ops import selective_scan as selective_scan_module
@@ -29,11 +30,11 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Route the model's LayerNorms, scan merges, deformable sampling and state-fusion read-outs
-    through the kernels,
-    CPU tensors included, and on CUDA the selective scan too (in the interpreter a whole model's
+    """Route the model's LayerNorms, scan merges, deformable and adaptive sampling and state-fusion
+    read-outs through the kernels, CPU tensors included, and on CUDA the selective scan too (in the interpreter a whole model's
     scans would take many minutes: its tests below use small shapes)."""
-    modules = [layer_norm_module, scan_merge_module, deformable_scan_module, state_fusion_module]
+    modules = [layer_norm_module, scan_merge_module, deformable_scan_module, state_fusion_module,
+               adaptive_scan_module]
     for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda *args, **kwargs: True)
 
@@ -240,6 +241,42 @@ def test_state_fusion_read_out_takes_the_kernel_only_without_autograd(monkeypatc
         assert len(calls) == 1 and max_rel_err(out, ref) < 1e-6
         fusion.read_out(h.double(), C.double(), u.double(), D.double())  # float64 stays exact
         assert len(calls) == 1
+
+
+@pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 9)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_adaptive_sample_kernel_matches_torch(size, dtype):
+    """DAMamba's sampling kernel against grid_sample: points inside, outside and exactly on the
+    map's border lines (-1 and the side: a corner weight of 0 on an outside corner), two and five
+    groups, offsets a strided view as the Linear's output is not."""
+    from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample_ref
+    from mmdefscan.ops.kernels.adaptive_sample_triton import adaptive_sample_fwd
+    batch, channels = 2, 40
+    values = torch.randn(batch, channels, *size, device=DEVICE).to(dtype)
+    for groups in (2, 5):
+        offsets = torch.randn(batch, *size, 4 * groups, device=DEVICE)[..., ::2] * 3
+        offsets[0, 0, 0, :2] = torch.tensor([-1.0, float(size[0])])  # x on -1, y on H
+        ref = adaptive_sample_ref(values, offsets.to(dtype), groups)
+        out = adaptive_sample_fwd(values, offsets.to(dtype), groups)
+        assert out.dtype == ref.dtype == dtype and out.shape == ref.shape
+        # against the map's largest value (a 1x1 map samples only zeros here); the coordinates
+        # round differently (pixel units here, normalised for grid_sample); bf16: one rounding
+        error = float((out.double() - ref.double()).abs().max() / values.double().abs().max())
+        assert error < (1e-5 if dtype == torch.float32 else 8e-3)
+
+
+def test_adaptive_sample_takes_the_kernel_only_without_autograd(monkeypatch):
+    from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample, adaptive_sample_ref
+    calls = []
+    monkeypatch.setattr(adaptive_scan_module, 'use_triton', lambda x: calls.append(x) or True)
+    values = torch.randn(1, 4, 3, 5, device=DEVICE)
+    offsets = torch.randn(1, 3, 5, 4, device=DEVICE, requires_grad=True)
+    ref = adaptive_sample_ref(values, offsets, 2)
+    assert torch.equal(adaptive_sample(values, offsets, 2), ref) and not calls
+    with torch.no_grad():
+        assert max_rel_err(adaptive_sample(values, offsets, 2), ref) < 1e-6 and len(calls) == 1
+        adaptive_sample(values.double(), offsets.double(), 2)  # float64 stays exact
+    assert len(calls) == 1
 
 
 def test_scan_merge_rejects_mismatched_shapes():

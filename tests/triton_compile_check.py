@@ -8,8 +8,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mmdefscan.ops.kernels import (deform_sample_triton, layer_norm_triton, scan_merge_triton,
-                                   selective_scan_triton, state_fusion_triton)
+from mmdefscan.ops.kernels import (adaptive_sample_triton, deform_sample_triton,
+                                   layer_norm_triton, scan_merge_triton, selective_scan_triton,
+                                   state_fusion_triton)
 
 # pointers default to fp32; index pointers and low-precision activations are named here
 INDEX = {'INV': '*i32', 'ORDER': '*i64'}
@@ -45,6 +46,8 @@ def main():
                      activations=('G', 'Z', 'DYS', 'DZ'))
     compile_for_sm90(state_fusion_triton._fuse_read_out_kernel, dict(BLOCK_D=32, BLOCK_L=128), 'HEIGHT WIDTH D'.split(),
                      activations=('C', 'U'))
+    compile_for_sm90(adaptive_sample_triton._adaptive_sample_kernel, dict(BLOCK_C=16, BLOCK_L=128),
+                     'HEIGHT WIDTH C G'.split(), activations=('V', 'OFF', 'OUT'))
     compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel, dict(BLOCK_T=64, BLOCK_C=32),
                      'DHWL', activations=('X', 'OUT'))
     for fused in (False, True):

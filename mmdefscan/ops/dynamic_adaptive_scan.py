@@ -27,7 +27,9 @@ outside the open box (-1, H) x (-1, W) gives 0). This is ``grid_sample(bilinear,
 align_corners=False)`` at :math:`g_x = (2 p_x + 1)/W - 1`, :math:`g_y = (2 p_y + 1)/H - 1`, which
 is defined for sides of one pixel too. It is computed in float32 (float64 for float64 input),
 like the kernel's ``opmath`` arithmetic, so float16 and bfloat16 inputs get float32 coordinates;
-the result has the dtype of v. The derivative is the exact one, as in DCNv3's backward.
+the result has the dtype of v. The derivative is the exact one, as in DCNv3's backward. On CUDA
+without autograd it is one Triton kernel (``kernels/adaptive_sample_triton.py``, the formula
+above read from v in its own dtype); otherwise :func:`adaptive_sample_ref`.
 
 **State scan** (the official ``selective_scan_cuda_oflex_rh`` call): the selective scan with one
 state that returns the state sequence itself,
@@ -46,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from ._triton import use_triton
 from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
 
@@ -82,6 +85,16 @@ def adaptive_sample(values, offsets, groups):
         raise ValueError(f'adaptive_sample: offsets of shape {tuple(offsets.shape)} do not fit '
                          f'values {tuple(values.shape)} with {groups} groups (expected '
                          f'{(batch, height, width, 2 * groups)})')
+    grad = torch.is_grad_enabled() and (values.requires_grad or offsets.requires_grad)
+    if not grad and values.dtype != torch.float64 and use_triton(values):
+        from .kernels.adaptive_sample_triton import adaptive_sample_fwd
+        return adaptive_sample_fwd(values.contiguous(), offsets, groups)
+    return adaptive_sample_ref(values, offsets, groups)
+
+
+def adaptive_sample_ref(values, offsets, groups):
+    """The PyTorch path of :func:`adaptive_sample` (``grid_sample`` in fp32; differentiable)."""
+    batch, channels, height, width = values.shape
     cdt = _compute_dtype(values.dtype)
     with torch.autocast(values.device.type, enabled=False):
         off = offsets.to(cdt).unflatten(-1, (groups, 2))  # (B, H, W, G, 2)

@@ -1,5 +1,6 @@
 """Time mmdefscan's Triton kernels against their PyTorch references on DefMamba's shapes (and
-Spatial-Mamba's inference-only state-fusion read-out on 2x the stage width, its d_inner).
+the inference-only kernels of the other backbones: Spatial-Mamba's state-fusion read-out on 2x
+the stage width, its d_inner; DAMamba's adaptive sampling, 16 channels per group).
 
     python tools/analysis/bench_kernels.py [--arch small] [--batch 128] [--dtype bf16]
         [--map 56 56] [--only OP]
@@ -22,7 +23,8 @@ from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
 from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
-from mmdefscan.ops.state_fusion import StateFusion, fuse_read_out_ref  # noqa: E402
+from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample  # noqa: E402
+from mmdefscan.ops.state_fusion import StateFusion  # noqa: E402
 
 
 def timed(fn, backward, dtype, iters=20, warmup=5):
@@ -75,6 +77,12 @@ def cases(dim, height, width, batch, dtype, stage):
     def read_out():  # the kernel runs only without autograd
         with torch.no_grad():
             return fusion.read_out(states, x_dbl[:, 2:], u, skip)
+    groups = dim // 16
+    offsets = torch.randn(batch, height, width, 2 * groups, device=dev, dtype=dtype) * 2
+
+    def sample():
+        with torch.no_grad():
+            return adaptive_sample(cf, offsets, groups)
     return {
         'deformable sample + bias + sort': (with_triton('0', lambda: scan(cf)),
                                             with_triton('1', lambda: scan(cf))),
@@ -86,6 +94,7 @@ def cases(dim, height, width, batch, dtype, stage):
                               lambda: merge_scans_gate_triton(ys, order, proj[..., dim:])),
         # inference only: no backward
         'state fusion read-out (2x width)': (with_triton('0', read_out), with_triton('1', read_out)),
+        'DAMamba adaptive sampling': (with_triton('0', sample), with_triton('1', sample)),
     }
 
 
@@ -107,7 +116,7 @@ def main():
         for name, (ref, fused) in cases(dim, height, width, args.batch, dtype, stage).items():
             if args.only not in name:
                 continue
-            backward = 'read-out' not in name
+            backward = not name.startswith(('state fusion', 'DAMamba'))
             times = [timed(fn, bw, dtype) if backward or not bw else float('nan')
                      for bw in (False, True) for fn in (ref, fused)]
             rows.append((stage, name, *times))
