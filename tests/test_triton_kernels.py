@@ -31,8 +31,9 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 @pytest.fixture
 def triton_everywhere(monkeypatch):
     """Route the model's LayerNorms, scan merges, deformable and adaptive sampling and state-fusion
-    read-outs through the kernels, CPU tensors included, and on CUDA the selective scan too (in the interpreter a whole model's
-    scans would take many minutes: its tests below use small shapes)."""
+    read-outs through the kernels, CPU tensors included, and on CUDA the selective scan too (in
+    the interpreter a whole model's scans would take many minutes: its tests below use small
+    shapes)."""
     modules = [layer_norm_module, scan_merge_module, deformable_scan_module, state_fusion_module,
                adaptive_scan_module]
     for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
@@ -235,7 +236,8 @@ def test_state_fusion_read_out_takes_the_kernel_only_without_autograd(monkeypatc
     assert ref.requires_grad  # the fusion's parameters: the eval forward with autograd is exact
     assert torch.equal(fusion.eval().read_out(h, C, u, D), ref) and not calls
     with torch.no_grad():
-        assert torch.equal(fusion.train().read_out(h, C, u, D), fuse_read_out_ref(fusion, h, C, u, D))
+        assert torch.equal(fusion.train().read_out(h, C, u, D),
+                           fuse_read_out_ref(fusion, h, C, u, D))
         assert not calls
         out = fusion.eval().read_out(h, C, u, D)
         assert len(calls) == 1 and max_rel_err(out, ref) < 1e-6

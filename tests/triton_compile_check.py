@@ -44,8 +44,8 @@ def main():
                      activations=('YS', 'Z', 'OUT', 'Y'))
     compile_for_sm90(scan_merge_triton._merge_bwd_kernel, merge, 'LD',
                      activations=('G', 'Z', 'DYS', 'DZ'))
-    compile_for_sm90(state_fusion_triton._fuse_read_out_kernel, dict(BLOCK_D=32, BLOCK_L=128), 'HEIGHT WIDTH D'.split(),
-                     activations=('C', 'U'))
+    compile_for_sm90(state_fusion_triton._fuse_read_out_kernel, dict(BLOCK_D=32, BLOCK_L=128),
+                     'HEIGHT WIDTH D'.split(), activations=('C', 'U'))
     compile_for_sm90(adaptive_sample_triton._adaptive_sample_kernel, dict(BLOCK_C=16, BLOCK_L=128),
                      'HEIGHT WIDTH C G'.split(), activations=('V', 'OFF', 'OUT'))
     compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel, dict(BLOCK_T=64, BLOCK_C=32),

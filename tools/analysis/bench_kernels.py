@@ -93,7 +93,8 @@ def cases(dim, height, width, batch, dtype, stage):
         'scan merge + gate': (lambda: merge_scans_gate_ref(ys, order, proj[..., dim:]),
                               lambda: merge_scans_gate_triton(ys, order, proj[..., dim:])),
         # inference only: no backward
-        'state fusion read-out (2x width)': (with_triton('0', read_out), with_triton('1', read_out)),
+        'state fusion read-out (2x width)': (with_triton('0', read_out),
+                                             with_triton('1', read_out)),
         'DAMamba adaptive sampling': (with_triton('0', sample), with_triton('1', sample)),
     }
 
