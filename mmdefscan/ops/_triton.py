@@ -21,6 +21,12 @@ HAS_TRITON = importlib.util.find_spec('triton') is not None
 # benchmarks); read at every call, like ``MMDEFSCAN_TRITON``.
 
 
+def records_grad(*tensors) -> bool:
+    """Whether autograd records a call on these tensors (None entries allowed): the callers'
+    rule for kernels that have no backward, or a different one."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def use_triton(x, train_min_numel=0) -> bool:
     """True when x should go through a Triton kernel: a CUDA tensor, Triton present, not off, and
     small enough for the kernels' 32-bit offsets; while autograd records, at least

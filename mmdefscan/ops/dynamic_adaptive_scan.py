@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from ._triton import use_triton
+from ._triton import records_grad, use_triton
 from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
 
@@ -85,8 +85,7 @@ def adaptive_sample(values, offsets, groups):
         raise ValueError(f'adaptive_sample: offsets of shape {tuple(offsets.shape)} do not fit '
                          f'values {tuple(values.shape)} with {groups} groups (expected '
                          f'{(batch, height, width, 2 * groups)})')
-    grad = torch.is_grad_enabled() and (values.requires_grad or offsets.requires_grad)
-    if not grad and values.dtype != torch.float64 and use_triton(values):
+    if not records_grad(values, offsets) and values.dtype != torch.float64 and use_triton(values):
         from .kernels.adaptive_sample_triton import adaptive_sample_fwd
         return adaptive_sample_fwd(values.contiguous(), offsets, groups)
     return adaptive_sample_ref(values, offsets, groups)

@@ -8,7 +8,7 @@ On CUDA one Triton kernel each way (``kernels/scan_merge_triton.py``), else ``me
 import torch
 import torch.nn.functional as F
 
-from ._triton import use_triton
+from ._triton import records_grad, use_triton
 from .deformable_scan import inverse_order, unsort_tokens
 
 
@@ -44,8 +44,7 @@ def merge_scans_gate_triton(ys, order, z):
     if ys.shape[1] != 3 or ys.shape[2] != z.shape[-1] or ys.shape[3] != z.shape[1] * z.shape[2]:
         raise ValueError(f'merge_scans_gate: ys {tuple(ys.shape)} does not match z '
                          f'{tuple(z.shape)} (want (B, 3, D, H*W))')
-    needs_grad = torch.is_grad_enabled() and (ys.requires_grad or z.requires_grad)
-    return _MergeScansGate.apply(ys.contiguous(), inverse_order(order), z, needs_grad)
+    return _MergeScansGate.apply(ys.contiguous(), inverse_order(order), z, records_grad(ys, z))
 
 
 def merge_scans_gate(ys, order, z):

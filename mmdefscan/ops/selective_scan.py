@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from ._triton import use_triton
+from ._triton import records_grad, use_triton
 
 _KERNEL = None  # None: not tried yet; False: not importable; else the module
 
@@ -352,8 +352,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     with torch.autocast(u.device.type, enabled=False):
         if u.is_cuda and u.dtype != torch.float64:
             triton = triton_scan_supported(u, B, C, z, return_last_state)
-            grad = torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+            grad = records_grad(u, delta, A, B, C, D, delta_bias)
             if triton and (not grad or triton_backward_fits(u, B)):
                 return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
             if _load_kernel():

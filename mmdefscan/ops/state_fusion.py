@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from ._triton import use_triton
+from ._triton import records_grad, use_triton
 from .selective_scan import _compute_dtype, selective_scan_fn
 
 
@@ -148,9 +148,8 @@ class StateFusion(nn.Module):
         batch, dim, height, width = h.shape
         C = C.reshape(batch, height * width)
         kernels = self.kernels()
-        grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (h, C, u, D, self.alpha, *kernels))
-        if self.training or grad or h.dtype != torch.float32 or not use_triton(h):
+        if (self.training or records_grad(h, C, u, D, self.alpha, *kernels)
+                or h.dtype != torch.float32 or not use_triton(h)):
             return fuse_read_out_ref(self, h, C, u, D)
         from .kernels.state_fusion_triton import fuse_read_out_fwd
         out_dtype = torch.promote_types(torch.promote_types(h.dtype, C.dtype),

@@ -51,12 +51,12 @@ def _fuse_read_out_kernel(H, K1, K3, K5, ALPHA, C, U, DS, OUT, HEIGHT, WIDTH, D,
     tl.store(OUT + (b * L + tok[None, :]) * D + ch[:, None], y.to(OUT.dtype.element_ty), mask=mask)
 
 
-def fuse_read_out_fwd(h, kernels, alpha, C, u, D, out_dtype, block_d=BLOCK_D, block_l=BLOCK_L):
+def fuse_read_out_fwd(h, kernels, alpha, C, u, D, out_dtype):
     """h (B, D, H, W) and u (B, D, L) contiguous, kernels three (D, 1, 3, 3) contiguous, alpha
     (3,), C (B, L) any strides, D (D,) -> (B, H, W, D) contiguous in ``out_dtype``."""
     batch, dim, height, width = h.shape
     out = torch.empty(batch, height, width, dim, device=h.device, dtype=out_dtype)
-    grid = (triton.cdiv(height * width, block_l), triton.cdiv(dim, block_d), batch)
+    grid = (triton.cdiv(height * width, BLOCK_L), triton.cdiv(dim, BLOCK_D), batch)
     _fuse_read_out_kernel[grid](h, *kernels, alpha, C, u, D, out, height, width, dim,
-                                *C.stride(), BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4)
+                                *C.stride(), BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L, num_warps=4)
     return out
