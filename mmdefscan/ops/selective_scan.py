@@ -283,14 +283,13 @@ class _ScanTriton(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, segments):
         from .kernels.selective_scan_triton import scan_fwd
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.delta_softplus, ctx.segments = delta_softplus, segments
+        ctx.delta_softplus = delta_softplus
         return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments)[0]
 
     @staticmethod
     def backward(ctx, dy):
         from .kernels.selective_scan_triton import scan_bwd
-        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, ctx.delta_softplus,
-                         segments=ctx.segments)
+        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, ctx.delta_softplus)
         return (*grads, None, None)
 
 
@@ -300,8 +299,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
     (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable:
     the Triton backward (without time segments), or with ``mamba_backward`` mamba-ssm's on the
     chunk states the forward writes. With ``save_chunks`` forward only, returning (y, mamba-ssm's
-    chunk states). ``segments`` fixes the number of time segments of the forward and of the
-    Triton backward (tests; by default enough programs to fill the GPU)."""
+    chunk states). ``segments`` fixes the forward's number of time segments (tests; by default
+    enough to fill the GPU)."""
     from .kernels.selective_scan_triton import scan_fwd
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     if B.dim() == 3:

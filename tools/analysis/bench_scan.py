@@ -6,8 +6,8 @@ Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, trai
 bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
 per program x warps x programs wanted before the forward cuts the sequence into segments):
 forward (no grad) milliseconds of the Triton scan, and forward+backward milliseconds of the
-Triton forward with mamba-ssm's backward and with the Triton backward (time segments where
-there are fewer than ``WANTED_BWD_PROGRAMS`` programs), against mamba-ssm's kernel both ways;
+Triton forward with mamba-ssm's backward and with the Triton backward (whatever
+``MIN_BWD_PROGRAMS`` says), against mamba-ssm's kernel both ways;
 CUDA events, median of 10 after warm-up; the largest relative difference of the outputs and
 gradients of each Triton route to the CUDA kernel's. A markdown table last.
 """
