@@ -42,9 +42,9 @@ def test_kernel_matches_torch_path_forward_and_backward():
 @pytest.mark.parametrize('backward', ['triton', 'mamba'])
 def test_triton_scan_matches_torch_path(monkeypatch, length, backward):
     """DefMamba's scans (no gate, no last state) run the Triton forward; training runs the
-    Triton backward where there are enough programs, else mamba-ssm's backward on the chunk
-    states the Triton forward writes (both forced here). 5000 steps: three 2048-step chunks,
-    and time segments in the forward (2 x 96 channels are too few programs)."""
+    Triton backward, or below ``MIN_BWD_PROGRAMS`` mamba-ssm's backward on the chunk states the
+    Triton forward writes (both forced here). 5000 steps: three 2048-step chunks, and time
+    segments in the forward and the backward (2 x 96 channels are too few programs)."""
     from mmdefscan.ops.kernels import selective_scan_triton as kernels
     monkeypatch.setattr(kernels, 'MIN_BWD_PROGRAMS', 1 if backward == 'triton' else 10 ** 9)
     args = scan_inputs('cuda', length=length)

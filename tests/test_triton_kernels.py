@@ -334,7 +334,10 @@ def test_deformable_scan_trains_after_an_inference_mode_call(monkeypatch):
 SCAN_CASES = {  # groups, channels per group, states, steps, segments, softplus + bias + D
     'grouped': (2, 8, 3, 150, 1, True),
     'grouped, 3 segments': (2, 8, 3, 700, 3, True),
-    'one group, 16 states, bare': (1, 4, 16, 71, 1, False),
+    # None: as many segments as the programs ask for (a 16-step part of 150 steps: 5 backward
+    # segments; 71 steps: 3, the last of 7 steps, not a multiple of 4)
+    'grouped, automatic segments': (2, 8, 3, 150, None, True),
+    'one group, 16 states, bare': (1, 4, 16, 71, None, False),
 }
 
 
@@ -360,7 +363,8 @@ def scan_inputs(groups, cpg, n_state, length, full, batch=2, seed=0):
 def test_selective_scan_kernel_matches_torch(case):
     """The Triton forward and backward against the exact scan in fp64: partial last groups of
     4 and 16 steps, state count padded to a power of two, forward segments joined by the carry
-    pass, grouped or single-group B and C, softplus, bias and D on or off."""
+    pass, backward segments joined by the adjoint's carry pass, grouped or single-group B and C,
+    softplus, bias and D on or off."""
     groups, cpg, n_state, length, segments, full = SCAN_CASES[case]
     inputs = scan_inputs(groups, cpg, n_state, length, full)
     ref_in = {k: v.clone().requires_grad_() for k, v in inputs.items()}

@@ -48,8 +48,10 @@ def main():
                      'HEIGHT WIDTH D'.split(), activations=('C', 'U'))
     compile_for_sm90(adaptive_sample_triton._adaptive_sample_kernel, dict(BLOCK_C=16, BLOCK_L=128),
                      'HEIGHT WIDTH C G'.split(), activations=('V', 'OFF', 'OUT'))
-    compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel, dict(BLOCK_T=64, BLOCK_C=32),
-                     'DHWL', activations=('X', 'OUT'))
+    compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel,
+                     dict(BLOCK_C=deform_sample_triton.BLOCK_CH,
+                          BLOCK_T=deform_sample_triton.BLOCK_TOKENS), 'DHWL',
+                     activations=('X', 'OUT'))
     for fused in (False, True):
         flags = dict(HAS_SCALE=fused, GELU=fused, BLOCK_M=32, BLOCK_N=128)
         compile_for_sm90(layer_norm_triton._ln_fwd_kernel, flags, 'LN', activations=('Y',))
@@ -64,8 +66,12 @@ def main():
                          WRITE_SEG=False)):
         compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, **steps, **variant), 'LN',
                          activations=('U', 'DELTA', 'BM', 'CM', 'Y'))
-    compile_for_sm90(scan._scan_bwd_kernel, flags, 'LN',
-                     activations=('U', 'DELTA', 'BM', 'CM', 'DY', 'DU', 'DDELTA'))
+    for carried in (False, True):
+        compile_for_sm90(scan._scan_bwd_kernel, dict(flags, BD=scan.BWD_MAX_BD, HAS_G=carried),
+                         'LN', activations=('U', 'DELTA', 'BM', 'CM', 'DY', 'DU', 'DDELTA'))
+    compile_for_sm90(scan._adjoint_carry_kernel,
+                     dict(NP=16, BD=scan.BWD_MAX_BD, HAS_BIAS=True, SOFTPLUS=True), 'LN',
+                     activations=('DELTA', 'CM', 'DY'))
     compile_for_sm90(scan._combine_segments_kernel, dict(BLOCK=256), 'N')
 
 if __name__ == '__main__':

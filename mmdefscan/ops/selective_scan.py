@@ -9,8 +9,7 @@ For batch b, channel d, state n and time t (h_{-1} = 0), with channel d in group
 
 ``selective_scan_fn`` has the signature of mamba-ssm's function of the same name. On CUDA,
 DefMamba's kind of call (variable B and C, no gate) runs the Triton scan
-(``kernels/selective_scan_triton.py``: forward, and the backward where it is faster; elsewhere
-mamba-ssm's backward on chunk states the Triton forward writes); other CUDA calls go to mamba-ssm's
+(``kernels/selective_scan_triton.py``, forward and backward); other CUDA calls go to mamba-ssm's
 ``selective_scan_cuda`` kernel when it can be imported; everything else (and CUDA without the
 kernel, after one warning) goes to ``selective_scan_ref``, an exact PyTorch version that scans in
 chunks (about 2*sqrt(L) vectorised steps instead of L). All compute in float32 (float64 stays
@@ -255,7 +254,8 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
 
 class _ScanTritonForward(torch.autograd.Function):
     """Training with the Triton forward: it also writes mamba-ssm's chunk states, so that
-    mamba-ssm's backward kernel (the custom op ``_scan_bwd``) differentiates the call."""
+    mamba-ssm's backward kernel (the custom op ``_scan_bwd``) differentiates the call. Taken
+    below ``MIN_BWD_PROGRAMS`` programs (none since round 8: the A/B route of bench_scan.py)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
@@ -283,13 +283,14 @@ class _ScanTriton(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, segments):
         from .kernels.selective_scan_triton import scan_fwd
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.delta_softplus = delta_softplus
+        ctx.delta_softplus, ctx.segments = delta_softplus, segments
         return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments)[0]
 
     @staticmethod
     def backward(ctx, dy):
         from .kernels.selective_scan_triton import scan_bwd
-        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, ctx.delta_softplus)
+        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, ctx.delta_softplus,
+                         segments=ctx.segments)
         return (*grads, None, None)
 
 
@@ -297,10 +298,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
                           segments=None, save_chunks=False, mamba_backward=False):
     """The Triton scan with :func:`selective_scan_fn`'s arguments, for variable B, C of shape
     (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable:
-    the Triton backward (without time segments), or with ``mamba_backward`` mamba-ssm's on the
+    the Triton backward, or with ``mamba_backward`` mamba-ssm's on the
     chunk states the forward writes. With ``save_chunks`` forward only, returning (y, mamba-ssm's
-    chunk states). ``segments`` fixes the forward's number of time segments (tests; by default
-    enough to fill the GPU)."""
+    chunk states). ``segments`` fixes the number of time segments of the forward and of the
+    Triton backward (tests; by default enough programs to fill the GPU)."""
     from .kernels.selective_scan_triton import scan_fwd
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     if B.dim() == 3:
@@ -322,8 +323,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
 
 
 def triton_backward_fits(u, B) -> bool:
-    """Whether batch x channel blocks give the Triton backward (no time segments) enough
-    programs; long sequences of few images (detection) train with mamba-ssm's backward."""
+    """Whether the Triton backward runs for this call (``MIN_BWD_PROGRAMS``: every call since
+    round 8), else mamba-ssm's backward."""
     from .kernels.selective_scan_triton import backward_fits
     return backward_fits(u, B)
 
@@ -343,8 +344,8 @@ def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
     """Selective scan with mamba-ssm's signature. On CUDA where :func:`triton_scan_supported`:
-    the Triton forward, and for training the Triton backward where it has enough programs,
-    else mamba-ssm's backward kernel on chunk states the Triton forward writes; otherwise
+    the Triton forward and, for training, the Triton backward (mamba-ssm's backward on chunk
+    states the Triton forward writes below ``MIN_BWD_PROGRAMS`` programs: none); otherwise
     mamba-ssm's kernel when available; else (and on CPU) the exact torch scan.
 
     Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.

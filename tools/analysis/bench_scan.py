@@ -6,8 +6,9 @@ Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, trai
 bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
 per program x warps x programs wanted before the forward cuts the sequence into segments):
 forward (no grad) milliseconds of the Triton scan, and forward+backward milliseconds of the
-Triton forward with mamba-ssm's backward and with the Triton backward (whatever
-``MIN_BWD_PROGRAMS`` says), against mamba-ssm's kernel both ways;
+Triton forward with mamba-ssm's backward and with the Triton backward (each forced through
+``MIN_BWD_PROGRAMS``; ``--bwd-configs`` sets the Triton backward's channels per program x warps),
+against mamba-ssm's kernel both ways;
 CUDA events, median of 10 after warm-up; the largest relative difference of the outputs and
 gradients of each Triton route to the CUDA kernel's. A markdown table last.
 """
@@ -74,6 +75,8 @@ def rel_err(a, b):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--configs', nargs='+', default=['32x2x264'])
+    parser.add_argument('--bwd-configs', nargs='+', default=['32x2'],
+                        help='the Triton backward: channels per program x warps')
     parser.add_argument('--cases', nargs='*', help='substrings of the case names to run')
     opts = parser.parse_args()
     assert scan_module.kernel_available(), 'needs mamba-ssm selective_scan_cuda to compare'
@@ -88,21 +91,26 @@ def main():
             a.grad = None
         y_ref = run(args, True, False)
         g_ref = [a.grad.clone() for a in args]
+
+        def triton_fwd_bwd(triton_backward):
+            for a in args:
+                a.grad = None
+            y = run(args, True, True, triton_backward)
+            err = max([rel_err(y, y_ref)] + [rel_err(a.grad, g) for a, g in zip(args, g_ref)])
+            return timed(lambda: run(args, True, True, triton_backward)), err
         for config in opts.configs:
             bd, warps, wanted = map(int, config.split('x'))
             kernels.MAX_BD, kernels.NUM_WARPS, kernels.WANTED_PROGRAMS = bd, warps, wanted
             fwd = timed(lambda: run(args, False, True))
-            times, errs = [], []
-            for triton_backward in (False, True):
-                for a in args:
-                    a.grad = None
-                y = run(args, True, True, triton_backward)
-                errs.append(max([rel_err(y, y_ref)]
-                                + [rel_err(a.grad, g) for a, g in zip(args, g_ref)]))
-                times.append(timed(lambda: run(args, True, True, triton_backward)))
-            rows.append((name, config, ref_fwd, fwd, ref_bwd, *times, *errs))
-            print(rows[-1], flush=True)
-    print('\n### selective scan: mamba-ssm CUDA kernel vs Triton (ms; config BDxwarpsxprograms)\n')
+            cuda_bwd, cuda_err = triton_fwd_bwd(False)
+            for bwd_config in opts.bwd_configs:
+                kernels.BWD_MAX_BD, kernels.BWD_NUM_WARPS = map(int, bwd_config.split('x'))
+                triton_bwd, triton_err = triton_fwd_bwd(True)
+                rows.append((name, f'{config} / {bwd_config}', ref_fwd, fwd, ref_bwd, cuda_bwd,
+                             triton_bwd, cuda_err, triton_err))
+                print(rows[-1], flush=True)
+    print('\n### selective scan: mamba-ssm CUDA kernel vs Triton (ms; config: forward '
+          'BDxwarpsxprograms / backward BDxwarps)\n')
     print('| case | config | fwd cuda | fwd triton | fwd+bwd cuda | Triton fwd + cuda bwd | '
           'Triton fwd + Triton bwd | max rel diff (cuda bwd / Triton bwd) |')
     print('|---|---|---|---|---|---|---|---|')

@@ -9,11 +9,13 @@ maps: 2 images, 67,200 steps), the sequence is cut into segments: each is run fr
 a short sequential pass combines the segment ends into the state entering every segment, and the
 segments run again from there.
 
-Training: the forward also writes the state at the end of every 2048-step chunk in the layout of
-mamba-ssm's forward (``x``: (b, channels, chunks, N) pairs of (1, h)), so that mamba-ssm's
-backward kernel can differentiate the call (it reads only h from ``x``). The Triton backward
-(:func:`scan_bwd`: states recomputed from one stored every 16 steps, the adjoint run back through
-them) is faster only with many programs on short sequences; ``MIN_BWD_PROGRAMS`` gates it.
+Training: the Triton backward (:func:`scan_bwd`): states recomputed from one stored every 16
+steps, the adjoint run back through them, the sequence cut into time segments when there are
+too few programs (each segment's adjoint from zero first, then a carry pass, as the forward's).
+For an A/B against mamba-ssm's backward (``MIN_BWD_PROGRAMS``, bench_scan.py) the forward can
+also write the state at the end of every 2048-step chunk in the layout of mamba-ssm's forward
+(``x``: (b, channels, chunks, N) pairs of (1, h)), so that mamba-ssm's backward kernel can
+differentiate the call (it reads only h from ``x``).
 
 A tile-parallel Triton scan (an associative scan over T steps of BD x N states) was measured
 slower than mamba-ssm's kernel in both directions and was replaced by this one (see
@@ -218,18 +220,68 @@ def _adjoint_step(h, lam, a_next, dt, dtu, u, raw, dy, a_coef, Bt, Ct, d_skip,
 
 
 @triton.jit
-def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, DB_PART, DC_PART,
-                     DA_PART, DD_PART, DBIAS_PART, L, channels, cpg, n_ckpt, N, batch, groups,
-                     sbb, sbg, sbn, scb, scg, scn,
+def _adjoint_carry_kernel(DELTA, A, CM, BIAS, DY, SEG_E, SEG_P, L, channels, cpg, seg_len, n_seg,
+                          N, scb, scg, scn, NP: tl.constexpr, BD: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The adjoint of one time segment of BD channels run back from zero (grid: channel blocks,
+    batch, segments): lam_t = C_t dy_t + a_{t+1} lam_{t+1} needs neither the states nor u.
+    Writes what the segment hands to the one before it, E = a_{t_s} lam_{t_s} at its first
+    step t_s, and its decay P = exp(A sum dt), (rows, n_seg, N) each, at segment index
+    n_seg - 1 - s: reversed, so that the forward's combine kernel carries them backwards."""
+    block, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ch = block * BD + tl.arange(0, BD)
+    n = tl.arange(0, NP)
+    nmask = n < N
+    row = b * channels + ch
+    A2 = tl.load(A + ch[:, None] * N + n[None, :], mask=nmask[None, :], other=0.0) \
+        * 1.4426950408889634
+    bias = tl.load(BIAS + ch) if HAS_BIAS else tl.zeros([BD], tl.float32)
+    c_ptr = CM + b * scb + ((block * BD) // cpg) * scg + n * scn
+    t_start = seg * seg_len
+    t_end = tl.minimum(t_start + seg_len, L)
+    lam = tl.zeros([BD, NP], tl.float32)
+    a_next = tl.zeros([BD, NP], tl.float32)
+    dt_sum = tl.zeros([BD], tl.float32)
+    for i in range(tl.cdiv(t_end - t_start, 4)):
+        t = t_end - 4 - 4 * i + tl.arange(0, 4)  # may start before t_start: masked below
+        tmask = ((t >= t_start) & (t < t_end))[None, :]
+        raw = tl.load(DELTA + row[:, None] * L + t[None, :], mask=tmask, other=0.0)
+        raw = raw.to(tl.float32) + bias[:, None]
+        dt = tl.where(tmask, _softplus(raw) if SOFTPLUS else raw, 0.0)  # 0: a = 1, lam passes
+        dy = tl.load(DY + row[:, None] * L + t[None, :], mask=tmask, other=0.0).to(tl.float32)
+        Ct = tl.load(c_ptr[:, None] + t[None, :], mask=nmask[:, None] & tmask,
+                     other=0.0).to(tl.float32)
+        dt0, dt1, dt2, dt3 = _columns(dt, BD)
+        dy0, dy1, dy2, dy3 = _columns(dy, BD)
+        C0, C1, C2, C3 = _columns(Ct, NP)
+        lam = C3[None, :] * dy3[:, None] + a_next * lam
+        a_next = _decay(dt3, A2)
+        lam = C2[None, :] * dy2[:, None] + a_next * lam
+        a_next = _decay(dt2, A2)
+        lam = C1[None, :] * dy1[:, None] + a_next * lam
+        a_next = _decay(dt1, A2)
+        lam = C0[None, :] * dy0[:, None] + a_next * lam
+        a_next = _decay(dt0, A2)
+        dt_sum += tl.sum(dt, 1)
+    offs = (row[:, None] * n_seg + (n_seg - 1 - seg)) * N + n[None, :]
+    tl.store(SEG_E + offs, a_next * lam, mask=nmask[None, :])
+    tl.store(SEG_P + offs, tl.exp2(dt_sum[:, None] * A2), mask=nmask[None, :])
+
+
+@triton.jit
+def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, G, DU, DDELTA, DB_PART,
+                     DC_PART, DA_PART, DD_PART, DBIAS_PART, L, channels, cpg, n_ckpt, seg_len,
+                     n_seg, N, batch, groups, sbb, sbg, sbn, scb, scg, scn,
                      NP: tl.constexpr, BD: tl.constexpr, HAS_D: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Reverse pass over the whole sequence of BD channels (grid: channel blocks, batch), in
-    blocks of 16 steps from the stored state before each block: the states before its four
-    groups of four are recomputed, then each group's states, and the adjoint
-    lam_t = C_t dy_t + a_{t+1} lam_{t+1} runs back through them. Writes du, d delta (rows, L);
-    dB, dC summed over the block's channels (cpg / BD, batch, groups, N, L); dA, dD and
-    d delta_bias summed over time (batch, channels[, N])."""
-    block, b = tl.program_id(0), tl.program_id(1)
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_G: tl.constexpr):
+    """Reverse pass over one time segment of BD channels (grid: channel blocks, batch,
+    segments), in blocks of 16 steps from the stored state before each block: the states
+    before its four groups of four are recomputed, then each group's states, and the adjoint
+    lam_t = C_t dy_t + a_{t+1} lam_{t+1} runs back through them, entering the segment as
+    a_{t_e} lam_{t_e} = G (from the segments after it; HAS_G) or zero. Writes du, d delta
+    (rows, L); dB, dC summed over the block's channels (cpg / BD, batch, groups, N, L); dA, dD
+    and d delta_bias summed over the segment's steps (n_seg * batch, channels[, N])."""
+    block, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ch, n, nmask, g, row, a_coef, A2, bias, d_skip, b_ptr, c_ptr = _channel_block(
         A, BIAS, DSKIP, BM, CM, block, b, channels, cpg, N, sbb, sbg, sbn, scb, scg, scn, BD, NP,
         HAS_BIAS, HAS_D)
@@ -237,13 +289,19 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, D
     u_ptr, delta_ptr = U + row * L, DELTA + row * L
     part = ((block - g * (cpg // BD)) * batch + b) * groups + g
     part_ptr = (part * N + n) * L  # (NP,) rows of this block's dB / dC parts
-    lam = tl.zeros([BD, NP], tl.float32)
-    a_next = tl.zeros([BD, NP], tl.float32)  # lam after the last step is 0: any value
+    if HAS_G:  # lam after the segment's last step is G with a_next = 1
+        lam = tl.load(G + (row[:, None] * n_seg + (n_seg - 1 - seg)) * N + n[None, :],
+                      mask=state_mask, other=0.0)
+    else:
+        lam = tl.zeros([BD, NP], tl.float32)
+    a_next = tl.full([BD, NP], 1.0, tl.float32)
     dA = tl.zeros([BD, NP], tl.float32)
     dD = tl.zeros([BD], tl.float32)
     dbias = tl.zeros([BD], tl.float32)
-    for i in range(n_ckpt):
-        t16 = (n_ckpt - 1 - i) * 16
+    ckpt_start = seg * (seg_len // 16)  # segments are whole blocks of 16 steps
+    ckpt_end = tl.minimum(ckpt_start + seg_len // 16, n_ckpt)
+    for i in range(ckpt_end - ckpt_start):
+        t16 = (ckpt_end - 1 - i) * 16
         h0 = tl.load(CKPT_H + (row[:, None] * n_ckpt + t16 // 16) * N + n[None, :],
                      mask=state_mask, other=0.0)
         h4 = _advance(h0, u_ptr, delta_ptr, b_ptr, c_ptr, bias, t16, L, nmask, A2, BD, NP,
@@ -295,40 +353,52 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, DU, DDELTA, D
             dA += da0 + da1 + da2 + da3
             dD += tl.sum(dy * u, 1)
             dbias += tl.sum(ddelta, 1)
-    tl.store(DA_PART + (b * channels + ch[:, None]) * N + n[None, :], dA, mask=state_mask)
-    tl.store(DD_PART + b * channels + ch, dD)
-    tl.store(DBIAS_PART + b * channels + ch, dbias)
+    part_row = (seg * batch + b) * channels + ch
+    tl.store(DA_PART + part_row[:, None] * N + n[None, :], dA, mask=state_mask)
+    tl.store(DD_PART + part_row, dD)
+    tl.store(DBIAS_PART + part_row, dbias)
 
 
 # Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, and the
-# programs wanted before the forward cuts the sequence into segments. The backward (no
-# segments) is latency-bound per step: it beat mamba-ssm's backward only with many programs
-# on short sequences (DefMamba-S stage 3, 4608 programs: 1.36 vs 2.37 ms fwd+bwd) and lost
-# from 2304 programs down (stage 2: 2.18 vs 1.92 ms), so it runs from MIN_BWD_PROGRAMS up.
-MAX_BD, NUM_WARPS, WANTED_PROGRAMS, MIN_BWD_PROGRAMS = 32, 2, 264, 4096
+# programs wanted before the forward cuts the sequence into segments.
+MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 2, 264
+# The backward's channels per program and warps, and the programs it wants before it cuts the
+# reverse pass into time segments. One warp keeps the per-step sums over the block's channels
+# (dB, dC) inside a warp. Round 8 (fwd+bwd ms, Triton forward with mamba-ssm's backward / with
+# this one): DefMamba-S training st0-3 8.43 / 6.28, 3.37 / 2.87, 1.91 / 1.72, 1.84 / 0.94;
+# T st0-1 4.51 / 3.43, 1.76 / 1.56; Mask R-CNN maps st0-3 6.58 / 6.03, 2.90 / 3.03,
+# 1.81 / 1.74, 1.19 / 1.23. 32 x 2 (rounds 3-7) lost on most of these; 32 x 1 on all.
+BWD_MAX_BD, BWD_NUM_WARPS, WANTED_BWD_PROGRAMS = 16, 1, 4096
+# Programs from which training takes the Triton backward instead of mamba-ssm's: all (the
+# figures above); a large value restores mamba-ssm's backward (A/B, bench_scan.py).
+MIN_BWD_PROGRAMS = 0
 CKPT = 16  # steps between the states the backward starts from
 
 
-def block_channels(cpg):
-    """The channel block: the largest power of two that divides the group size, <= MAX_BD."""
+def block_channels(cpg, max_bd=None):
+    """The channel block: the largest power of two that divides the group size, <= max_bd
+    (default MAX_BD)."""
+    max_bd = MAX_BD if max_bd is None else max_bd
     bd = 1
-    while bd < MAX_BD and cpg % (2 * bd) == 0:
+    while bd < max_bd and cpg % (2 * bd) == 0:
         bd *= 2
     return bd
 
 
 def backward_fits(u, B):
-    """Whether the Triton backward has enough programs for this call (no time segments)."""
+    """Whether the Triton backward has ``MIN_BWD_PROGRAMS`` programs for this call."""
     batch, channels = u.shape[:2]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    return batch * channels // block_channels(channels // groups) >= MIN_BWD_PROGRAMS
+    return batch * channels // block_channels(channels // groups, BWD_MAX_BD) >= MIN_BWD_PROGRAMS
 
 
-def segmentation(programs, length, align, segments=None):
-    """(number of segments, steps per segment): enough programs to fill the GPU; segments are
-    whole multiples of ``align`` steps (a multiple of the checkpoint spacing)."""
+def segmentation(programs, length, align, segments=None, wanted=None):
+    """(number of segments, steps per segment): ``wanted`` programs (default
+    ``WANTED_PROGRAMS``, the forward's) to fill the GPU; segments are whole multiples of
+    ``align`` steps (a multiple of the checkpoint spacing)."""
     if segments is None:
-        segments = max(1, min(-(-WANTED_PROGRAMS // programs), length // align))
+        wanted = WANTED_PROGRAMS if wanted is None else wanted
+        segments = max(1, min(-(-wanted // programs), length // align))
     seg_len = -(-(-(-length // segments)) // align) * align
     return -(-length // seg_len), seg_len
 
@@ -397,23 +467,45 @@ def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, save_chunks=False, segm
 def scan_bwd(dy, u, delta, A, B, C, D, delta_bias, softplus, segments=None):
     """Gradients of :func:`scan_fwd` (dy contiguous like u) -> du, d delta (u's dtype), dA
     (float32), dB, dC (B's and C's dtype, contiguous), dD, d delta_bias (float32, or None where
-    the input was None). The states are recomputed: a forward pass stores one every 16 steps."""
+    the input was None). The states are recomputed: a forward pass stores one every 16 steps.
+    Where batch x channel blocks are fewer than ``WANTED_BWD_PROGRAMS`` the reverse pass is cut
+    into time segments (``segments`` overrides the count): the adjoint each segment hands to the
+    one before it is found first (its own adjoint from zero, then a carry pass over segments),
+    so that all segments run at once."""
     call = _Call(u, A, B, D, delta_bias, softplus, segments)
     dev = u.device
     ckpt_h = call.f32(call.rows, call.n_ckpt, call.n_state, device=dev)
     _forward_passes(call, u, delta, A, B, C, D, delta_bias, ckpt_h=ckpt_h)
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    parts = (call.cpg // call.bd, call.batch, call.groups, call.n_state, call.length)
-    db_part, dc_part = call.f32(*parts, device=dev), call.f32(*parts, device=dev)
-    da_part = call.f32(call.batch, call.channels, call.n_state, device=dev)
-    dd_part = call.f32(call.batch, call.channels, device=dev)
-    dbias_part = torch.empty_like(dd_part)
+    bd = block_channels(call.cpg, BWD_MAX_BD)
+    meta = dict(call.meta, BD=bd, num_warps=BWD_NUM_WARPS)
+    n_seg, seg_len = segmentation(call.rows // bd, call.length, CKPT, segments,
+                                  WANTED_BWD_PROGRAMS)
     none = u
-    _scan_bwd_kernel[(call.channels // call.bd, call.batch)](
+    grid = (call.channels // bd, call.batch, n_seg)
+    carry = None
+    if n_seg > 1:
+        seg_e = call.f32(call.rows, n_seg, call.n_state, device=dev)
+        seg_p, carry = torch.empty_like(seg_e), torch.empty_like(seg_e)
+        _adjoint_carry_kernel[grid](
+            delta, A, C, none if delta_bias is None else delta_bias, dy, seg_e, seg_p,
+            call.length, call.channels, call.cpg, seg_len, n_seg, call.n_state,
+            *C.stride()[:3], NP=meta['NP'], BD=bd, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus, num_warps=BWD_NUM_WARPS)
+        total = call.rows * call.n_state
+        _combine_segments_kernel[(triton.cdiv(total, 256),)](seg_e, seg_p, carry, total, n_seg,
+                                                             call.n_state, BLOCK=256)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    parts = (call.cpg // bd, call.batch, call.groups, call.n_state, call.length)
+    db_part, dc_part = call.f32(*parts, device=dev), call.f32(*parts, device=dev)
+    da_part = call.f32(n_seg * call.batch, call.channels, call.n_state, device=dev)
+    dd_part = call.f32(n_seg * call.batch, call.channels, device=dev)
+    dbias_part = torch.empty_like(dd_part)
+    _scan_bwd_kernel[grid](
         u, delta, A, B, C, none if D is None else D, none if delta_bias is None else delta_bias,
-        dy, ckpt_h, du, ddelta, db_part, dc_part, da_part, dd_part, dbias_part, call.length,
-        call.channels, call.cpg, call.n_ckpt, call.n_state, call.batch, call.groups,
-        *B.stride()[:3], *C.stride()[:3], **call.meta)
+        dy, ckpt_h, none if carry is None else carry, du, ddelta, db_part, dc_part, da_part,
+        dd_part, dbias_part, call.length, call.channels, call.cpg, call.n_ckpt, seg_len, n_seg,
+        call.n_state, call.batch, call.groups, *B.stride()[:3], *C.stride()[:3],
+        HAS_G=carry is not None, **meta)
     return (du, ddelta, da_part.sum(0), db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype),
             dd_part.sum(0) if D is not None else None,
             dbias_part.sum(0) if delta_bias is not None else None)
