@@ -22,7 +22,7 @@ from mmdefscan.ops.scan_merge import merge_scans_gate_triton
 from mmdefscan.ops.state_fusion import StateFusion, fuse_read_out_ref
 from mmdefscan.ops import state_fusion as state_fusion_module
 from mmdefscan.ops.selective_scan import (selective_scan_ref, selective_scan_triton,
-                                          triton_scan_supported)
+                                          triton_backward_fits, triton_scan_supported)
 
 pytest.importorskip('triton')  # installed by tools/setup_env.sh; CI runs these tests
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -412,6 +412,15 @@ def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
     assert not triton_scan_supported(u, torch.zeros(1, 2, 1, 5), B3, None, False)  # 1 state
     monkeypatch.setenv('MMDEFSCAN_TRITON_SCAN', '0')
     assert not triton_scan_supported(u, B4, B4, None, False)
+
+
+def test_training_takes_the_triton_backward_unless_told_otherwise(monkeypatch):
+    """The Triton backward differentiates every DefMamba scan (round 8); the environment's
+    program count restores mamba-ssm's backward, for A/B runs and as an escape hatch."""
+    u, B4 = torch.zeros(64, 288, 5), torch.zeros(64, 3, 4, 5)
+    assert triton_backward_fits(u, B4) and triton_backward_fits(u[:1, :12], B4[:1])
+    monkeypatch.setenv('MMDEFSCAN_TRITON_MIN_BWD_PROGRAMS', str(64 * 288))
+    assert not triton_backward_fits(u, B4)
 
 
 @pytest.mark.parametrize('name, backbone', [('defmamba', DefMamba), ('spatialmamba', SpatialMamba),

@@ -21,6 +21,8 @@ A tile-parallel Triton scan (an associative scan over T steps of BD x N states) 
 slower than mamba-ssm's kernel in both directions and was replaced by this one (see
 docs/performance.md). Reference: ``mmdefscan.ops.selective_scan.selective_scan_ref``.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -370,7 +372,8 @@ MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 2, 264
 # 1.81 / 1.74, 1.19 / 1.23. 32 x 2 (rounds 3-7) lost on most of these; 32 x 1 on all.
 BWD_MAX_BD, BWD_NUM_WARPS, WANTED_BWD_PROGRAMS = 16, 1, 4096
 # Programs from which training takes the Triton backward instead of mamba-ssm's: all (the
-# figures above); a large value restores mamba-ssm's backward (A/B, bench_scan.py).
+# figures above). ``MMDEFSCAN_TRITON_MIN_BWD_PROGRAMS=N`` replaces it, read at every call: a
+# large N restores mamba-ssm's backward (benchmark.py --ab-env; an escape hatch).
 MIN_BWD_PROGRAMS = 0
 CKPT = 16  # steps between the states the backward starts from
 
@@ -389,7 +392,8 @@ def backward_fits(u, B):
     """Whether the Triton backward has ``MIN_BWD_PROGRAMS`` programs for this call."""
     batch, channels = u.shape[:2]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    return batch * channels // block_channels(channels // groups, BWD_MAX_BD) >= MIN_BWD_PROGRAMS
+    least = int(os.environ.get('MMDEFSCAN_TRITON_MIN_BWD_PROGRAMS', MIN_BWD_PROGRAMS))
+    return batch * channels // block_channels(channels // groups, BWD_MAX_BD) >= least
 
 
 def segmentation(programs, length, align, segments=None, wanted=None):
