@@ -7,10 +7,10 @@ bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every con
 per program x warps x programs wanted before the forward cuts the sequence into segments):
 forward (no grad) milliseconds of the Triton scan, and forward+backward milliseconds of the
 Triton forward with mamba-ssm's backward and with the Triton backward (each forced through
-``MIN_BWD_PROGRAMS``; ``--bwd-configs`` sets the Triton backward's channels per program x warps),
-against mamba-ssm's kernel both ways;
-CUDA events, median of 10 after warm-up; the largest relative difference of the outputs and
-gradients of each Triton route to the CUDA kernel's. A markdown table last.
+``MIN_BWD_PROGRAMS``; ``--bwd-configs`` sets the Triton backward's channels per program x
+warps), against mamba-ssm's kernel both ways (defaults: the shipped settings); CUDA events,
+median of 10 after warm-up; the largest relative difference of the outputs and gradients of
+each Triton route to the CUDA kernel's. A markdown table last.
 """
 import argparse
 import os
@@ -74,8 +74,10 @@ def rel_err(a, b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--configs', nargs='+', default=['32x2x264'])
-    parser.add_argument('--bwd-configs', nargs='+', default=['32x2'],
+    parser.add_argument('--configs', nargs='+', default=[
+        f'{kernels.MAX_BD}x{kernels.NUM_WARPS}x{kernels.WANTED_PROGRAMS}'])
+    parser.add_argument('--bwd-configs', nargs='+',
+                        default=[f'{kernels.BWD_MAX_BD}x{kernels.BWD_NUM_WARPS}'],
                         help='the Triton backward: channels per program x warps')
     parser.add_argument('--cases', nargs='*', help='substrings of the case names to run')
     opts = parser.parse_args()
