@@ -132,28 +132,43 @@ def test_two_process_training_with_torchrun(tmp_path, data_root):
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_2.pth']
 
 
-def test_benchmark_ab_env_runs_our_models_in_both_arms(monkeypatch, tmp_path):
-    """benchmark.py --ab-env: each of our models runs without, then with the variable set (the
-    peer once, without); the rows are labelled and the environment is restored."""
+def test_benchmark_ab_env_alternates_the_arms_at_every_iteration(monkeypatch, tmp_path):
+    """benchmark.py --ab-env: each of our models runs without and with the variable set, the two
+    arms taking turns at every warm-up and timed call (the peer runs once, without); the rows are
+    labelled and the environment is restored."""
     import importlib.util
+
+    import torch
     spec = importlib.util.spec_from_file_location(
         'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     seen = []
 
-    def fake_run(name, args, device, timer):
-        seen.append((name, os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL')))
-        return [dict(model=name, dtype='fp32', params_M=1, infer_img_s=2.0, train_img_s=1.0,
-                     train_peak_GiB=0, train_ms=1, train_host_ms=1)]
-    monkeypatch.setattr(benchmark, 'bench_classification', fake_run)
+    class Recorder(torch.nn.Conv2d):  # a stand-in backbone that notes the switch at every call
+        def __init__(self, name):
+            super().__init__(3, 4, 3, stride=8)
+            self.name = name
+
+        def forward(self, x):
+            if x.shape[0] > 1:  # not the lazy head's materialising call
+                seen.append((self.name, self.training,
+                             os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL')))
+            return super().forward(x)
+    monkeypatch.setattr(benchmark, 'build_backbone', lambda name, graphs=False: Recorder(name))
     monkeypatch.delenv('MMDEFSCAN_TRITON_MIN_NUMEL', raising=False)
     out = tmp_path / 'rows.json'
-    monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--models', 'Swin-T/timm', 'DefMamba-T',
-                                      '--ab-env', 'MMDEFSCAN_TRITON_MIN_NUMEL=0',
-                                      '--json', str(out)])
+    monkeypatch.setattr(sys, 'argv', [
+        'benchmark.py', '--models', 'Swin-T/timm', 'DefMamba-T', '--dtypes', 'fp32',
+        '--batch', '2', '--train-batch', '2', '--iters', '2', '--warmup', '1',
+        '--ab-env', 'MMDEFSCAN_TRITON_MIN_NUMEL=0', '--json', str(out)])
     benchmark.main()
-    assert seen == [('Swin-T/timm', None), ('DefMamba-T', None), ('DefMamba-T', '0')]
-    assert [r['model'] for r in json.loads(out.read_text())['classification']] == [
+    arms = [None, '0'] * 3  # one warm-up and two timed calls, each in both arms
+    assert seen == ([('Swin-T/timm', False, None)] * 3 + [('Swin-T/timm', True, None)] * 3
+                    + [('DefMamba-T', False, arm) for arm in arms]
+                    + [('DefMamba-T', True, arm) for arm in arms])
+    rows = json.loads(out.read_text())['classification']
+    assert [r['model'] for r in rows] == [
         'Swin-T/timm', 'DefMamba-T', 'DefMamba-T [MMDEFSCAN_TRITON_MIN_NUMEL=0]']
+    assert all(r['train_img_s'] > 0 and r['infer_img_s'] > 0 for r in rows)
     assert 'MMDEFSCAN_TRITON_MIN_NUMEL' not in os.environ

@@ -16,9 +16,10 @@ H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds o
 (and those of the ``--segmentor`` configs) with ``cuda_graph=True``, what a user can switch on
 for static shapes: only their training forward + backward replay from graphs, the rest of the
 step stays eager, and the peers stay eager. ``--ab-env VAR=VALUE`` measures each of our models
-(and our detector / segmentor configs) twice in a row, without and then with that environment
-variable set (rows ``NAME [VAR=VALUE]``): an A/B of a run-time switch in one process, where runs in
-separate processes differ by up to 20% on the device's host. A markdown table is printed last.
+(and our detector / segmentor configs) without and with that environment variable set (rows
+``NAME [VAR=VALUE]``), the two arms taking turns at every iteration: an A/B of a run-time switch
+that both arms see the same drift of the device's host (runs in separate processes differ by up
+to 20%, runs one after the other in one process by 10-20%). A markdown table is printed last.
 """
 import argparse
 import contextlib
@@ -100,45 +101,36 @@ class Classifier(nn.Module):
 
 
 class Timer:
-    """Median seconds of ``fn`` (CUDA events on the GPU); ``host`` keeps the median time until
-    ``fn`` returned, the host's share: close to the step time when the host is the bottleneck."""
+    """CUDA events on the GPU, the wall clock on the CPU; also the time until a call returned,
+    the host's share: close to the step time when the host is the bottleneck."""
 
     def __init__(self, device):
         self.cuda = device.type == 'cuda'
-        self.host = float('nan')
 
-    def __call__(self, fn, iters, warmup):
-        for _ in range(warmup):
-            fn()
-        times, host = [], []
-        for _ in range(iters):
-            if self.cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
+    def arms(self, fns, iters, warmup):
+        """(median seconds, median host seconds, peak GiB or nan) of each of ``fns``, called in
+        turn at every iteration: the arms of an A/B see the same drift of the device's host,
+        which moves runs made one after the other by 10-20%."""
+        times, host = [[] for _ in fns], [[] for _ in fns]
+        peak = [float('nan') if not self.cuda else 0.0 for _ in fns]
+        for i in range(warmup + iters):
+            for k, fn in enumerate(fns):
+                if self.cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                    start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                    start.record()
                 t0 = time.perf_counter()
                 fn()
-                host.append(time.perf_counter() - t0)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-                host.append(times[-1])
-        self.host = statistics.median(host)
-        return statistics.median(times)
-
-
-def timed_train_step(step, timer, args, device, graph=False):
-    """(median seconds, peak GiB on CUDA else nan) of a training step; with ``graph`` the step is
-    captured first (:func:`cuda_graph`), so the peak counts the graph's memory pool."""
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    seconds = timer(cuda_graph(step) if graph else step, args.iters, args.warmup)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
-    return seconds, peak
+                returned = time.perf_counter() - t0
+                if self.cuda:
+                    end.record()
+                    torch.cuda.synchronize()
+                    peak[k] = max(peak[k], torch.cuda.max_memory_allocated() / 2**30)
+                if i >= warmup:  # the warm-up counts for the peak only (a graph's capture)
+                    host[k].append(returned)
+                    times[k].append(start.elapsed_time(end) / 1e3 if self.cuda else returned)
+        return [(statistics.median(t), statistics.median(h), p)
+                for t, h, p in zip(times, host, peak)]
 
 
 def autocast(device, dtype, cache_enabled=True):
@@ -148,18 +140,33 @@ def autocast(device, dtype, cache_enabled=True):
 
 
 def cuda_graph(step, warmup=3):
-    """``step`` captured in a CUDA graph after a few eager calls on a side stream (they compile
-    the Triton kernels and fill the caches); returns the graph's replay. Tensors are static."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
+    """``step`` captured in a CUDA graph at the first call, after a few eager calls on a side
+    stream (they compile the Triton kernels and fill the caches); every call replays the graph.
+    Tensors are static."""
+    graph = None
+
+    def replay():
+        nonlocal graph
+        if graph is None:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(warmup):
+                    step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+        graph.replay()
+    return replay
+
+
+def in_environ(fn, variables):
+    """``fn`` that runs with these environment variables set (an A/B arm)."""
+    def run():
+        with environ(**variables):
+            fn()
+    return run
 
 
 def release_backbone_graph(backbone):
@@ -171,7 +178,9 @@ def release_backbone_graph(backbone):
     return True
 
 
-def bench_classification(name, args, device, timer):
+def bench_classification(name, arms, args, device, timer):
+    """Rows of one model, per dtype and per A/B arm ((environment variables, label suffix), see
+    :func:`ab_runs`); the arms alternate at every timed iteration (:meth:`Timer.arms`)."""
     rows = []
     bb_graphs = args.backbone_graphs and device.type == 'cuda' and MODELS[name][0] == 'mmdefscan'
     model = Classifier(build_backbone(name, bb_graphs)).to(device)
@@ -182,6 +191,8 @@ def bench_classification(name, args, device, timer):
     graphs = args.cuda_graphs and device.type == 'cuda'
     # a captured optimizer step keeps its step count on the GPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=graphs)
+    mode = ('+compile' if args.compile else '') + ('+graphs' if graphs else '') + (
+        '+bbgraphs' if bb_graphs else '')
     for dtype in args.dtypes:
         x = torch.randn(args.batch, 3, 224, 224, device=device)
         model.eval()
@@ -189,7 +200,8 @@ def bench_classification(name, args, device, timer):
         def infer():
             with torch.no_grad(), autocast(device, dtype, cache_enabled=not graphs):
                 run(x)
-        t_inf = timer(cuda_graph(infer) if graphs else infer, args.iters, args.warmup)
+        inference = timer.arms([in_environ(cuda_graph(infer) if graphs else infer, variables)
+                                for variables, _ in arms], args.iters, args.warmup)
         xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (args.train_batch,), device=device)
         model.train()
@@ -201,15 +213,15 @@ def bench_classification(name, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        t_train, peak = timed_train_step(train, timer, args, device, graph=graphs)
-        mode = dtype + ('+compile' if args.compile else '') + ('+graphs' if graphs else '') + (
-            '+bbgraphs' if bb_graphs else '')
-        rows.append(dict(model=name, dtype=mode, params_M=round(params, 2),
-                         infer_img_s=round(args.batch / t_inf, 1),
-                         train_img_s=round(args.train_batch / t_train, 1),
-                         train_peak_GiB=round(peak, 2), train_ms=round(t_train * 1e3, 1),
-                         train_host_ms=round(timer.host * 1e3, 1)))
-        print(rows[-1], flush=True)
+        training = timer.arms([in_environ(cuda_graph(train) if graphs else train, variables)
+                               for variables, _ in arms], args.iters, args.warmup)
+        for (_, label), (t_inf, _, _), (t_train, host, peak) in zip(arms, inference, training):
+            rows.append(dict(model=name + label, dtype=dtype + mode, params_M=round(params, 2),
+                             infer_img_s=round(args.batch / t_inf, 1),
+                             train_img_s=round(args.train_batch / t_train, 1),
+                             train_peak_GiB=round(peak, 2), train_ms=round(t_train * 1e3, 1),
+                             train_host_ms=round(host * 1e3, 1)))
+            print(rows[-1], flush=True)
     del model, run, optimizer
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -260,8 +272,9 @@ def build_downstream(config, kind, device, cuda_graph=False):
     return model, torch.randn(batch, 3, h, w, device=device), samples
 
 
-def bench_downstream(config, kind, args, device, timer):
-    """Seconds per training iteration of a full detector / segmentor on random data."""
+def bench_downstream(config, kind, arms, args, device, timer):
+    """Seconds per training iteration of a full detector / segmentor on random data, per dtype
+    and A/B arm (alternating, as in :func:`bench_classification`)."""
     # detection inputs change shape from batch to batch: graphs for the segmentors only
     use_graphs = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
     model, x, samples = build_downstream(config, kind, device, use_graphs)
@@ -277,11 +290,13 @@ def bench_downstream(config, kind, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        seconds, peak = timed_train_step(step, timer, args, device)
-        rows.append(dict(config=config, dtype=dtype + ('+bbgraphs' if graphed else ''),
-                         batch=batch, shape=f'{h}x{w}',
-                         s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
-        print(rows[-1], flush=True)
+        timings = timer.arms([in_environ(step, variables) for variables, _ in arms],
+                             args.iters, args.warmup)
+        for (_, label), (seconds, _, peak) in zip(arms, timings):
+            rows.append(dict(config=config + label, dtype=dtype + ('+bbgraphs' if graphed else ''),
+                             batch=batch, shape=f'{h}x{w}',
+                             s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
+            print(rows[-1], flush=True)
     del model, optimizer
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -341,20 +356,16 @@ def main():
     timer = Timer(device)
     rows = []
     for name in args.models:
-        for variables, label in ab_runs(MODELS[name][0] == 'mmdefscan', args):
-            with environ(**variables):
-                runs = bench_classification(name, args, device, timer)
-            rows += [dict(r, model=r['model'] + label) for r in runs]
+        rows += bench_classification(name, ab_runs(MODELS[name][0] == 'mmdefscan', args), args,
+                                     device, timer)
     downstream = []
     for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
         for config in configs:
-            for variables, label in ab_runs('::' not in config, args):
-                try:  # one broken config (a missing package, an op without a dtype) skips a row
-                    with environ(**variables):
-                        runs = bench_downstream(config, kind, args, device, timer)
-                    downstream += [dict(r, config=r['config'] + label) for r in runs]
-                except Exception as err:  # noqa: BLE001
-                    print(f'{config}: skipped, {type(err).__name__}: {err}', flush=True)
+            try:  # one broken config (a missing package, an op without a dtype) skips a row
+                downstream += bench_downstream(config, kind, ab_runs('::' not in config, args),
+                                               args, device, timer)
+            except Exception as err:  # noqa: BLE001
+                print(f'{config}: skipped, {type(err).__name__}: {err}', flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'

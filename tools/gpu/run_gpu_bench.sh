@@ -5,12 +5,13 @@
 # steps. Results land in $OUT.
 #   bash tools/gpu/run_gpu_bench.sh [DIR|-] [STEP ...]
 # steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile host ab
-# (default: all but build, profile, host, ab, graphs and bbgraphs); `build` packs the compiled
-# extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the benchmark; AB_ENV=VAR=VALUE
-# is the switch the `ab` step measures (our backbones and Mask R-CNN without it, then with it, in
-# one process: benchmark.py --ab-env); TESTS_K selects tests (pytest -k); SCAN_ARGS go to
-# bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10 minutes: split the
-# steps over two calls on a warm machine.
+# abgraphs (default: all but build, profile, host, ab, abgraphs, graphs and bbgraphs); `build`
+# packs the compiled extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the
+# benchmark; AB_ENV=VAR=VALUE is the switch the `ab` step measures (our backbones and Mask R-CNN
+# without and with it, the arms taking turns, in one process: benchmark.py --ab-env; `abgraphs`:
+# the backbones replayed from CUDA graphs, kernel time alone); TESTS_K selects tests (pytest -k);
+# SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10
+# minutes: split the steps over two calls on a warm machine.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
@@ -84,6 +85,10 @@ for step in $STEPS; do
         DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
         --downstream-dtypes fp32 --detector configs/maskrcnn_defmamba_s_coco.py \
         mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py ;;
+    abgraphs)  # the same switch with every classification step replayed from a CUDA graph:
+      # kernel time alone, without the host's launch work
+      benchmark abgraphs --cuda-graphs --ab-env "${AB_ENV:?}" --models ${BACKBONES:-Swin-T/timm \
+        DefMamba-T DefMamba-S DefMamba-B} --iters 10 --warmup 2 ;;
     host)  # where the host's time goes in an eager training step, per module and backward node
       for model in ${BACKBONES:-DefMamba-T Swin-T/timm}; do
         python3 tools/analysis/profile_backbone.py --model $model --mode train --batch 64 \
