@@ -22,7 +22,7 @@ from mmdefscan.ops.scan_merge import merge_scans_gate_triton
 from mmdefscan.ops.state_fusion import StateFusion, fuse_read_out_ref
 from mmdefscan.ops import state_fusion as state_fusion_module
 from mmdefscan.ops.selective_scan import (selective_scan_ref, selective_scan_triton,
-                                          triton_backward_fits, triton_scan_supported)
+                                          triton_scan_supported)
 
 pytest.importorskip('triton')  # installed by tools/setup_env.sh; CI runs these tests
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -379,24 +379,6 @@ def test_selective_scan_kernel_matches_torch(case):
         assert grad.shape == ref.shape and max_rel_err(grad.cpu(), ref) < 1e-5, name
 
 
-@pytest.mark.parametrize('segments', [1, 3])
-def test_selective_scan_kernel_writes_mamba_chunk_states(segments):
-    """For training the forward also writes mamba-ssm's ``x``: (1, h) at the end of every
-    2048-step chunk, the last one partial; mamba-ssm's backward reads h from it. Three segments
-    of 1536 steps: chunk ends fall inside segments."""
-    length = 4200
-    inputs = scan_inputs(1, 8, 4, length, True, batch=1, seed=1)
-    y, chunks = selective_scan_triton(
-        **{k: v.to(DEVICE, torch.float32) for k, v in inputs.items()}, delta_softplus=True,
-        segments=segments, save_chunks=True)
-    assert chunks.shape == (1, 8, 3, 8) and bool((chunks[..., 0::2] == 1).all().cpu())
-    for chunk, end in enumerate((2048, 4096, length)):
-        cut = {k: v[..., :end] if k in 'u delta B C' else v for k, v in inputs.items()}
-        _, state = selective_scan_ref(**cut, delta_softplus=True, return_last_state=True)
-        assert max_rel_err(chunks[:, :, chunk, 1::2].cpu(), state) < 1e-5, chunk
-    assert max_rel_err(y.cpu(), selective_scan_ref(**inputs, delta_softplus=True)) < 1e-5
-
-
 def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
     """selective_scan_fn takes the Triton scan for variable B, C without a gate (DefMamba's
     scans), and keeps the CUDA kernel / exact path for the rest (the one-state scans of
@@ -412,15 +394,6 @@ def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
     assert not triton_scan_supported(u, torch.zeros(1, 2, 1, 5), B3, None, False)  # 1 state
     monkeypatch.setenv('MMDEFSCAN_TRITON_SCAN', '0')
     assert not triton_scan_supported(u, B4, B4, None, False)
-
-
-def test_training_takes_the_triton_backward_unless_told_otherwise(monkeypatch):
-    """The Triton backward differentiates every DefMamba scan (round 8); the environment's
-    program count restores mamba-ssm's backward, for A/B runs and as an escape hatch."""
-    u, B4 = torch.zeros(64, 288, 5), torch.zeros(64, 3, 4, 5)
-    assert triton_backward_fits(u, B4) and triton_backward_fits(u[:1, :12], B4[:1])
-    monkeypatch.setenv('MMDEFSCAN_TRITON_MIN_BWD_PROGRAMS', str(64 * 288))
-    assert not triton_backward_fits(u, B4)
 
 
 @pytest.mark.parametrize('name, backbone', [('defmamba', DefMamba), ('spatialmamba', SpatialMamba),

@@ -59,12 +59,10 @@ def main():
                          activations=('X', 'DY', 'DX'))
     scan = selective_scan_triton
     flags = dict(NP=16, BD=scan.MAX_BD, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
-    steps = dict(CHUNK=scan.MAMBA_CHUNK, CKPT=scan.CKPT)
-    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_CKPT=False,
-                         WRITE_SEG=True),
-                    dict(HAS_H0=True, WRITE_Y=True, WRITE_CHUNKS=True, WRITE_CKPT=True,
-                         WRITE_SEG=False)):
-        compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, **steps, **variant), 'LN',
+    for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CKPT=False, WRITE_SEG=True),
+                    dict(HAS_H0=True, WRITE_Y=True, WRITE_CKPT=False, WRITE_SEG=False),
+                    dict(HAS_H0=True, WRITE_Y=False, WRITE_CKPT=True, WRITE_SEG=False)):
+        compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, CKPT=scan.CKPT, **variant), 'LN',
                          activations=('U', 'DELTA', 'BM', 'CM', 'Y'))
     for carried in (False, True):
         compile_for_sm90(scan._scan_bwd_kernel, dict(flags, BD=scan.BWD_MAX_BD, HAS_G=carried),

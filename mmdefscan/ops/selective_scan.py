@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from ._triton import records_grad, use_triton
+from ._triton import use_triton
 
 _KERNEL = None  # None: not tried yet; False: not importable; else the module
 
@@ -252,30 +252,6 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
     return y
 
 
-class _ScanTritonForward(torch.autograd.Function):
-    """Training with the Triton forward: it also writes mamba-ssm's chunk states, so that
-    mamba-ssm's backward kernel (the custom op ``_scan_bwd``) differentiates the call. Taken
-    below ``MIN_BWD_PROGRAMS`` programs (none since round 8: the A/B route of bench_scan.py)."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
-        from .kernels.selective_scan_triton import scan_fwd
-        y, chunk_states = scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                   save_chunks=True)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, chunk_states)
-        ctx.delta_softplus = delta_softplus
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        u, delta, A, B, C, D, delta_bias, chunk_states = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, ddelta_bias, _ = _scan_bwd(
-            u, delta, A, B, C, D, None, delta_bias, dy.contiguous(), chunk_states, None,
-            ctx.delta_softplus)
-        return (du, ddelta, dA, dB, dC, dD if D is not None else None,
-                ddelta_bias if delta_bias is not None else None, None)
-
-
 class _ScanTriton(torch.autograd.Function):
     """The Triton forward and backward; the backward recomputes the states (inputs kept only)."""
 
@@ -284,7 +260,7 @@ class _ScanTriton(torch.autograd.Function):
         from .kernels.selective_scan_triton import scan_fwd
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
         ctx.delta_softplus, ctx.segments = delta_softplus, segments
-        return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments)[0]
+        return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments)
 
     @staticmethod
     def backward(ctx, dy):
@@ -295,38 +271,20 @@ class _ScanTriton(torch.autograd.Function):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
-                          segments=None, save_chunks=False, mamba_backward=False):
+                          segments=None):
     """The Triton scan with :func:`selective_scan_fn`'s arguments, for variable B, C of shape
-    (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable:
-    the Triton backward, or with ``mamba_backward`` mamba-ssm's on the
-    chunk states the forward writes. With ``save_chunks`` forward only, returning (y, mamba-ssm's
-    chunk states). ``segments`` fixes the number of time segments of the forward and of the
-    Triton backward (tests; by default enough programs to fill the GPU)."""
-    from .kernels.selective_scan_triton import scan_fwd
+    (b, N, L) or (b, G, N, L) and no gate; dtypes as the CUDA kernel takes them. Differentiable
+    (the Triton backward). ``segments`` fixes the number of time segments of the forward and of
+    the backward (tests; by default enough programs to fill the GPU)."""
     io = u.dtype if u.dtype in (torch.float16, torch.bfloat16) else torch.float32
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-
-    def unit_steps(t):
-        # the Triton kernels read B, C views with unit step stride; the route through
-        # mamba-ssm's backward keeps the contiguous copies that path always took
-        return t.to(io) if t.stride(-1) == 1 and not mamba_backward else t.to(io).contiguous()
-
     fp32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    args = (u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A), unit_steps(B),
-            unit_steps(C), fp32(D), fp32(delta_bias), delta_softplus)
-    if save_chunks:
-        return scan_fwd(*args, save_chunks=True, segments=segments)
-    if mamba_backward:
-        return _ScanTritonForward.apply(*args)
-    return _ScanTriton.apply(*args, segments)
-
-
-def triton_backward_fits(u, B) -> bool:
-    """Whether the Triton backward runs for this call (``MIN_BWD_PROGRAMS``: every call since
-    round 8), else mamba-ssm's backward."""
-    from .kernels.selective_scan_triton import backward_fits
-    return backward_fits(u, B)
+    # the kernels read B, C with any strides but a unit step: views need no copy
+    steps = lambda t: t.to(io) if t.stride(-1) == 1 else t.to(io).contiguous()  # noqa: E731
+    return _ScanTriton.apply(u.to(io).contiguous(), delta.to(io).contiguous(), fp32(A),
+                             steps(B), steps(C), fp32(D), fp32(delta_bias), delta_softplus,
+                             segments)
 
 
 def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
@@ -344,22 +302,16 @@ def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
     """Selective scan with mamba-ssm's signature. On CUDA where :func:`triton_scan_supported`:
-    the Triton forward and, for training, the Triton backward (mamba-ssm's backward on chunk
-    states the Triton forward writes below ``MIN_BWD_PROGRAMS`` programs: none); otherwise
-    mamba-ssm's kernel when available; else (and on CPU) the exact torch scan.
+    the Triton scan (forward and backward); otherwise mamba-ssm's kernel when available; else
+    (and on CPU) the exact torch scan.
 
     Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.
     """
     with torch.autocast(u.device.type, enabled=False):
         if u.is_cuda and u.dtype != torch.float64:
-            triton = triton_scan_supported(u, B, C, z, return_last_state)
-            grad = records_grad(u, delta, A, B, C, D, delta_bias)
-            if triton and (not grad or triton_backward_fits(u, B)):
+            if triton_scan_supported(u, B, C, z, return_last_state):
                 return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
             if _load_kernel():
-                if triton:
-                    return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                                 mamba_backward=True)
                 return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                             return_last_state)
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,

@@ -5,12 +5,10 @@
 Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, training batch 64
 bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
 per program x warps x programs wanted before the forward cuts the sequence into segments):
-forward (no grad) milliseconds of the Triton scan, and forward+backward milliseconds of the
-Triton forward with mamba-ssm's backward and with the Triton backward (each forced through
-``MIN_BWD_PROGRAMS``; ``--bwd-configs`` sets the Triton backward's channels per program x
-warps), against mamba-ssm's kernel both ways (defaults: the shipped settings); CUDA events,
-median of 10 after warm-up; the largest relative difference of the outputs and gradients of
-each Triton route to the CUDA kernel's. A markdown table last.
+forward (no grad) and forward+backward milliseconds of the Triton scan (``--bwd-configs`` sets
+the backward's channels per program x warps) against mamba-ssm's kernel both ways (defaults: the
+shipped settings); CUDA events, median of 10 after warm-up; the largest relative difference of
+the Triton scan's outputs and gradients to the CUDA kernel's. A markdown table last.
 """
 import argparse
 import os
@@ -44,9 +42,8 @@ def inputs(batch, channels, length, dtype, groups=3, n_state=16):
     return [u, delta, A, B, C, make(channels), make(channels) * 0.1]
 
 
-def run(args, backward, triton, triton_backward=False):
+def run(args, backward, triton):
     os.environ['MMDEFSCAN_TRITON_SCAN'] = '1' if triton else '0'
-    kernels.MIN_BWD_PROGRAMS = 1 if triton_backward else 10 ** 9
     args = [a.requires_grad_(backward) if a.is_floating_point() else a for a in args]
     with torch.set_grad_enabled(backward):
         y = scan_module.selective_scan_fn(*args[:5], D=args[5], delta_bias=args[6],
@@ -94,31 +91,27 @@ def main():
         y_ref = run(args, True, False)
         g_ref = [a.grad.clone() for a in args]
 
-        def triton_fwd_bwd(triton_backward):
-            for a in args:
-                a.grad = None
-            y = run(args, True, True, triton_backward)
-            err = max([rel_err(y, y_ref)] + [rel_err(a.grad, g) for a, g in zip(args, g_ref)])
-            return timed(lambda: run(args, True, True, triton_backward)), err
         for config in opts.configs:
             bd, warps, wanted = map(int, config.split('x'))
             kernels.MAX_BD, kernels.NUM_WARPS, kernels.WANTED_PROGRAMS = bd, warps, wanted
             fwd = timed(lambda: run(args, False, True))
-            cuda_bwd, cuda_err = triton_fwd_bwd(False)
             for bwd_config in opts.bwd_configs:
                 kernels.BWD_MAX_BD, kernels.BWD_NUM_WARPS = map(int, bwd_config.split('x'))
-                triton_bwd, triton_err = triton_fwd_bwd(True)
-                rows.append((name, f'{config} / {bwd_config}', ref_fwd, fwd, ref_bwd, cuda_bwd,
-                             triton_bwd, cuda_err, triton_err))
+                for a in args:
+                    a.grad = None
+                y = run(args, True, True)
+                err = max([rel_err(y, y_ref)] + [rel_err(a.grad, g) for a, g in zip(args, g_ref)])
+                fwd_bwd = timed(lambda: run(args, True, True))
+                rows.append((name, f'{config} / {bwd_config}', ref_fwd, fwd, ref_bwd, fwd_bwd,
+                             err))
                 print(rows[-1], flush=True)
     print('\n### selective scan: mamba-ssm CUDA kernel vs Triton (ms; config: forward '
           'BDxwarpsxprograms / backward BDxwarps)\n')
-    print('| case | config | fwd cuda | fwd triton | fwd+bwd cuda | Triton fwd + cuda bwd | '
-          'Triton fwd + Triton bwd | max rel diff (cuda bwd / Triton bwd) |')
-    print('|---|---|---|---|---|---|---|---|')
-    for name, config, *t, err_cuda, err_triton in rows:
-        print(f'| {name} | {config} | ' + ' | '.join(f'{v:.3f}' for v in t)
-              + f' | {err_cuda:.1e} / {err_triton:.1e} |')
+    print('| case | config | fwd cuda | fwd triton | fwd+bwd cuda | fwd+bwd triton | '
+          'max rel diff to cuda |')
+    print('|---|---|---|---|---|---|---|')
+    for name, config, *t, err in rows:
+        print(f'| {name} | {config} | ' + ' | '.join(f'{v:.3f}' for v in t) + f' | {err:.1e} |')
 
 
 if __name__ == '__main__':

@@ -12,23 +12,16 @@ segments run again from there.
 Training: the Triton backward (:func:`scan_bwd`): states recomputed from one stored every 16
 steps, the adjoint run back through them, the sequence cut into time segments when there are
 too few programs (each segment's adjoint from zero first, then a carry pass, as the forward's).
-For an A/B against mamba-ssm's backward (``MIN_BWD_PROGRAMS``, bench_scan.py) the forward can
-also write the state at the end of every 2048-step chunk in the layout of mamba-ssm's forward
-(``x``: (b, channels, chunks, N) pairs of (1, h)), so that mamba-ssm's backward kernel can
-differentiate the call (it reads only h from ``x``).
+It replaced mamba-ssm's backward kernel on the Triton forward's chunk states in round 9 (less
+kernel time in every model measured, docs/performance.md).
 
 A tile-parallel Triton scan (an associative scan over T steps of BD x N states) was measured
 slower than mamba-ssm's kernel in both directions and was replaced by this one (see
 docs/performance.md). Reference: ``mmdefscan.ops.selective_scan.selective_scan_ref``.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
-
-MAMBA_CHUNK = 2048  # steps per chunk of mamba-ssm's kernels (its ``x`` holds one state per chunk)
-
 
 @triton.jit
 def _softplus(x):
@@ -105,16 +98,14 @@ def _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0, t_stop, nmask,
 
 
 @triton.jit
-def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, CKPT_H, SEG_H, SEG_P,
-                     L, channels, cpg, seg_len, n_chunks, n_ckpt, n_seg, N,
+def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CKPT_H, SEG_H, SEG_P,
+                     L, channels, cpg, seg_len, n_ckpt, n_seg, N,
                      sbb, sbg, sbn, scb, scg, scn,
-                     NP: tl.constexpr, BD: tl.constexpr, CHUNK: tl.constexpr,
-                     CKPT: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr,
-                     WRITE_CHUNKS: tl.constexpr, WRITE_CKPT: tl.constexpr,
+                     NP: tl.constexpr, BD: tl.constexpr, CKPT: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_CKPT: tl.constexpr,
                      WRITE_SEG: tl.constexpr):
-    """One segment of BD channels (grid: channel blocks, batch, segments). WRITE_Y: y and, with
-    WRITE_CHUNKS, the state after every CHUNK steps (rows, n_chunks, N, 2) as (1, h).
+    """One segment of BD channels (grid: channel blocks, batch, segments). WRITE_Y: y.
     WRITE_CKPT: the state before every CKPT steps (rows, n_ckpt, N), for the Triton backward.
     WRITE_SEG: the segment's end state from H0 (or zero) and its decay exp(A sum dt),
     (rows, n_seg, N) each. Steps go four at a time: one load and one store per four steps,
@@ -133,45 +124,35 @@ def _scan_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, Y, H0, CHUNK_H, CKPT_H, S
         h = tl.zeros([BD, NP], tl.float32)
     dt_sum = tl.zeros([BD], tl.float32)
     u_ptr, delta_ptr, y_ptr = U + row * L, DELTA + row * L, Y + row * L
-    c0 = t_start
-    while c0 < t_end:  # pieces between mamba-ssm's chunk ends (segments need not align)
-        c_stop = tl.minimum((c0 // CHUNK + 1) * CHUNK, t_end)
-        u4, dt4, _, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, c0, c_stop,
+    u4, dt4, _, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t_start, t_end,
+                                     nmask, SOFTPLUS)
+    for t0 in range(t_start, t_end, 4):
+        u_cur, dt_cur, B_cur, C_cur = u4, dt4, B4, C4
+        u4, dt4, _, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0 + 4, t_end,
                                          nmask, SOFTPLUS)
-        for t0 in range(c0, c_stop, 4):
-            u_cur, dt_cur, B_cur, C_cur = u4, dt4, B4, C4
-            u4, dt4, _, B4, C4 = _load_steps(u_ptr, delta_ptr, b_ptr, c_ptr, bias, t0 + 4,
-                                             c_stop, nmask, SOFTPLUS)
-            if WRITE_CKPT:
-                if t0 % CKPT == 0:  # the state before every CKPT steps, for the backward
-                    tl.store(CKPT_H + (row[:, None] * n_ckpt + t0 // CKPT) * N + n[None, :], h,
-                             mask=state_mask)
-            dt0, dt1, dt2, dt3 = _columns(dt_cur, BD)
-            dtu0, dtu1, dtu2, dtu3 = _columns(dt_cur * u_cur, BD)
-            B0, B1, B2, B3 = _columns(B_cur, NP)
-            C0, C1, C2, C3 = _columns(C_cur, NP)
-            h = _update(h, _decay(dt0, A2), dtu0, B0)
-            y0 = tl.sum(h * C0[None, :], 1)
-            h = _update(h, _decay(dt1, A2), dtu1, B1)
-            y1 = tl.sum(h * C1[None, :], 1)
-            h = _update(h, _decay(dt2, A2), dtu2, B2)
-            y2 = tl.sum(h * C2[None, :], 1)
-            h = _update(h, _decay(dt3, A2), dtu3, B3)
-            y3 = tl.sum(h * C3[None, :], 1)
-            if WRITE_Y:
-                y = _columns_join(y0, y1, y2, y3, BD) + d_skip[:, None] * u_cur
-                t = t0 + tl.arange(0, 4)
-                tl.store(y_ptr[:, None] + t[None, :], y.to(Y.dtype.element_ty),
-                         mask=(t < c_stop)[None, :])
-            if WRITE_SEG:
-                dt_sum += tl.sum(dt_cur, 1)
-        if WRITE_CHUNKS:
-            if (c_stop % CHUNK == 0) | (c_stop == L):  # a chunk ends here
-                chunk_offs = ((row[:, None] * n_chunks + c0 // CHUNK) * N + n[None, :]) * 2
-                tl.store(CHUNK_H + chunk_offs, tl.full([BD, NP], 1.0, tl.float32),
+        if WRITE_CKPT:
+            if t0 % CKPT == 0:  # the state before every CKPT steps, for the backward
+                tl.store(CKPT_H + (row[:, None] * n_ckpt + t0 // CKPT) * N + n[None, :], h,
                          mask=state_mask)
-                tl.store(CHUNK_H + chunk_offs + 1, h, mask=state_mask)
-        c0 = c_stop
+        dt0, dt1, dt2, dt3 = _columns(dt_cur, BD)
+        dtu0, dtu1, dtu2, dtu3 = _columns(dt_cur * u_cur, BD)
+        B0, B1, B2, B3 = _columns(B_cur, NP)
+        C0, C1, C2, C3 = _columns(C_cur, NP)
+        h = _update(h, _decay(dt0, A2), dtu0, B0)
+        y0 = tl.sum(h * C0[None, :], 1)
+        h = _update(h, _decay(dt1, A2), dtu1, B1)
+        y1 = tl.sum(h * C1[None, :], 1)
+        h = _update(h, _decay(dt2, A2), dtu2, B2)
+        y2 = tl.sum(h * C2[None, :], 1)
+        h = _update(h, _decay(dt3, A2), dtu3, B3)
+        y3 = tl.sum(h * C3[None, :], 1)
+        if WRITE_Y:
+            y = _columns_join(y0, y1, y2, y3, BD) + d_skip[:, None] * u_cur
+            t = t0 + tl.arange(0, 4)
+            tl.store(y_ptr[:, None] + t[None, :], y.to(Y.dtype.element_ty),
+                     mask=(t < t_end)[None, :])
+        if WRITE_SEG:
+            dt_sum += tl.sum(dt_cur, 1)
     if WRITE_SEG:
         tl.store(SEG_H + seg_offs, h, mask=state_mask)
         tl.store(SEG_P + seg_offs, tl.exp2(dt_sum[:, None] * A2), mask=state_mask)
@@ -367,10 +348,6 @@ MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 2, 264
 # T st0-1 4.51 / 3.43, 1.76 / 1.56; Mask R-CNN maps st0-3 6.58 / 6.03, 2.90 / 3.03,
 # 1.81 / 1.74, 1.19 / 1.23. 32 x 2 (rounds 3-7) lost on most of these; 32 x 1 on all.
 BWD_MAX_BD, BWD_NUM_WARPS, WANTED_BWD_PROGRAMS = 16, 1, 4096
-# Programs from which training takes the Triton backward instead of mamba-ssm's: all (the
-# figures above). ``MMDEFSCAN_TRITON_MIN_BWD_PROGRAMS=N`` replaces it, read at every call: a
-# large N restores mamba-ssm's backward (benchmark.py --ab-env; an escape hatch).
-MIN_BWD_PROGRAMS = 0
 CKPT = 16  # steps between the states the backward starts from
 
 
@@ -382,14 +359,6 @@ def block_channels(cpg, max_bd=None):
     while bd < max_bd and cpg % (2 * bd) == 0:
         bd *= 2
     return bd
-
-
-def backward_fits(u, B):
-    """Whether the Triton backward has ``MIN_BWD_PROGRAMS`` programs for this call."""
-    batch, channels = u.shape[:2]
-    groups = 1 if B.dim() == 3 else B.shape[1]
-    least = int(os.environ.get('MMDEFSCAN_TRITON_MIN_BWD_PROGRAMS', MIN_BWD_PROGRAMS))
-    return batch * channels // block_channels(channels // groups, BWD_MAX_BD) >= least
 
 
 def segmentation(programs, length, align, segments=None, wanted=None):
@@ -412,7 +381,6 @@ class _Call:
         self.cpg = self.channels // self.groups
         self.bd = block_channels(self.cpg)
         self.rows = self.batch * self.channels
-        self.n_chunks = -(-self.length // MAMBA_CHUNK)
         self.n_ckpt = -(-self.length // CKPT)
         self.n_seg, self.seg_len = segmentation(self.rows // self.bd, self.length, 256, segments)
         self.meta = dict(NP=triton.next_power_of_2(self.n_state), BD=self.bd,
@@ -423,45 +391,40 @@ class _Call:
         return torch.empty(*shape, device=device, dtype=torch.float32)
 
 
-def _forward_passes(call, u, delta, A, B, C, D, bias, y=None, chunk_h=None, ckpt_h=None):
-    """The forward kernel: y, mamba-ssm's chunk states and / or the backward's checkpoints; with
+def _forward_passes(call, u, delta, A, B, C, D, bias, y=None, ckpt_h=None):
+    """The forward kernel: y and / or the backward's checkpoints; with
     segments first their end states and the state entering each (combine kernel)."""
     none = u  # placeholder for the pointers a variant does not touch
     D, bias = (none if t is None else t for t in (D, bias))
     args = (u, delta, A, B, C, D, bias)
-    sizes = (call.length, call.channels, call.cpg, call.seg_len, call.n_chunks, call.n_ckpt,
-             call.n_seg, call.n_state, *B.stride()[:3], *C.stride()[:3])
-    meta = dict(call.meta, CHUNK=MAMBA_CHUNK, CKPT=CKPT)
+    sizes = (call.length, call.channels, call.cpg, call.seg_len, call.n_ckpt, call.n_seg,
+             call.n_state, *B.stride()[:3], *C.stride()[:3])
+    meta = dict(call.meta, CKPT=CKPT)
     grid = (call.channels // call.bd, call.batch, call.n_seg)
     h0 = None
     if call.n_seg > 1:
         seg_h = call.f32(call.rows, call.n_seg, call.n_state, device=u.device)
         seg_p = torch.empty_like(seg_h)
-        _scan_fwd_kernel[grid](*args, none, none, none, none, seg_h, seg_p, *sizes,
-                               HAS_H0=False, WRITE_Y=False, WRITE_CHUNKS=False, WRITE_CKPT=False,
-                               WRITE_SEG=True, **meta)
+        _scan_fwd_kernel[grid](*args, none, none, none, seg_h, seg_p, *sizes, HAS_H0=False,
+                               WRITE_Y=False, WRITE_CKPT=False, WRITE_SEG=True, **meta)
         h0 = torch.empty_like(seg_h)
         total = call.rows * call.n_state
         _combine_segments_kernel[(triton.cdiv(total, 256),)](seg_h, seg_p, h0, total,
                                                              call.n_seg, call.n_state, BLOCK=256)
     pick = lambda t: none if t is None else t  # noqa: E731
-    _scan_fwd_kernel[grid](*args, pick(y), pick(h0), pick(chunk_h), pick(ckpt_h), none, none,
-                           *sizes, HAS_H0=h0 is not None, WRITE_Y=y is not None,
-                           WRITE_CHUNKS=chunk_h is not None, WRITE_CKPT=ckpt_h is not None,
-                           WRITE_SEG=False, **meta)
+    _scan_fwd_kernel[grid](*args, pick(y), pick(h0), pick(ckpt_h), none, none, *sizes,
+                           HAS_H0=h0 is not None, WRITE_Y=y is not None,
+                           WRITE_CKPT=ckpt_h is not None, WRITE_SEG=False, **meta)
 
 
-def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, save_chunks=False, segments=None):
+def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, segments=None):
     """u, delta (b, channels, L) contiguous; A (channels, N) float32; B, C (b, G, N, L) with unit
     step stride; D, delta_bias (channels,) float32 or None. Returns y (b, channels, L) in u's
-    dtype and, with ``save_chunks``, mamba-ssm's ``x`` (b, channels, chunks, 2N) float32.
-    ``segments`` overrides the automatic time split (tests)."""
+    dtype. ``segments`` overrides the automatic time split (tests)."""
     call = _Call(u, A, B, D, delta_bias, softplus, segments)
     y = torch.empty_like(u)
-    chunk_h = call.f32(call.batch, call.channels, call.n_chunks, 2 * call.n_state,
-                       device=u.device) if save_chunks else None
-    _forward_passes(call, u, delta, A, B, C, D, delta_bias, y=y, chunk_h=chunk_h)
-    return y, chunk_h
+    _forward_passes(call, u, delta, A, B, C, D, delta_bias, y=y)
+    return y
 
 
 def scan_bwd(dy, u, delta, A, B, C, D, delta_bias, softplus, segments=None):
