@@ -140,11 +140,11 @@ def test_training_step_never_synchronises(name, dtype):
 def test_training_step_replays_from_a_cuda_graph(name):
     """Forward + backward captured in a CUDA graph (benchmark.py --cuda-graphs) replays to the
     eager gradients: the kernels neither synchronise nor allocate outside the graph's pool. The
-    tolerance is 1e-2 of a gradient's largest value, or ten times the difference between two
-    eager steps (atomic adds): the step runs under bf16 autocast, and inside a capture cuDNN may
-    pick another algorithm, which moves a bf16 gradient by a rounding (round 6: 5.7e-3 for one of
-    Spatial-Mamba's depthwise conv weights, where two eager steps agreed exactly). Stale or
-    unreplayed buffers are off by O(1)."""
+    tolerance is four bf16 roundings (4 x 2^-8 = 1.6e-2) of a gradient's largest value, or ten
+    times the difference between two eager steps (atomic adds): the step runs under bf16
+    autocast, and inside a capture cuDNN may pick another algorithm, which moves a bf16 gradient
+    by a few roundings (Spatial-Mamba, where two eager steps agreed exactly: 5.7e-3 in round 6,
+    1.2e-2 in one of two runs of round 9). Stale or unreplayed buffers are off by O(1)."""
     torch.manual_seed(0)
     model, step = training_step(name, torch.bfloat16, autocast_cache=False, drop_path_rate=0.0)
 
@@ -169,7 +169,8 @@ def test_training_step_replays_from_a_cuda_graph(name):
     torch.cuda.synchronize()
     assert max_rel_err(graph_loss, eager_loss) < 1e-5
     assert sum(g is not None and bool(g.abs().max() > 0) for g in eager_grads) > 10
-    for p, grad, grad_again in zip(model.parameters(), eager_grads, again):
-        assert (p.grad is None) == (grad is None)
+    for (key, p), grad, grad_again in zip(model.named_parameters(), eager_grads, again):
+        assert (p.grad is None) == (grad is None), key
         if grad is not None:
-            assert max_rel_err(p.grad, grad) <= max(1e-2, 10 * max_rel_err(grad_again, grad))
+            bar = max(4 * 2 ** -8, 10 * max_rel_err(grad_again, grad))
+            assert max_rel_err(p.grad, grad) <= bar, key
