@@ -12,8 +12,8 @@ segments run again from there.
 Training: the Triton backward (:func:`scan_bwd`): states recomputed from one stored every 16
 steps, the adjoint run back through them, the sequence cut into time segments when there are
 too few programs (each segment's adjoint from zero first, then a carry pass, as the forward's).
-It replaced mamba-ssm's backward kernel on the Triton forward's chunk states in round 9 (less
-kernel time in every model measured, docs/performance.md).
+It replaced mamba-ssm's backward kernel (rounds 8-9: less kernel time per training step in
+every model measured, docs/performance.md).
 
 A tile-parallel Triton scan (an associative scan over T steps of BD x N states) was measured
 slower than mamba-ssm's kernel in both directions and was replaced by this one (see
@@ -22,6 +22,7 @@ docs/performance.md). Reference: ``mmdefscan.ops.selective_scan.selective_scan_r
 import torch
 import triton
 import triton.language as tl
+
 
 @triton.jit
 def _softplus(x):
