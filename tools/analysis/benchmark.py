@@ -180,7 +180,8 @@ def release_backbone_graph(backbone):
 
 def bench_classification(name, arms, args, device, timer):
     """Rows of one model, per dtype and per A/B arm ((environment variables, label suffix), see
-    :func:`ab_runs`); the arms alternate at every timed iteration (:meth:`Timer.arms`)."""
+    :func:`ab_runs`); the arms alternate at every warm-up and timed iteration
+    (:meth:`Timer.arms`)."""
     rows = []
     bb_graphs = args.backbone_graphs and device.type == 'cuda' and MODELS[name][0] == 'mmdefscan'
     model = Classifier(build_backbone(name, bb_graphs)).to(device)
