@@ -172,3 +172,48 @@ def test_benchmark_ab_env_alternates_the_arms_at_every_iteration(monkeypatch, tm
         'Swin-T/timm', 'DefMamba-T', 'DefMamba-T [MMDEFSCAN_TRITON_MIN_NUMEL=0]']
     assert all(r['train_img_s'] > 0 and r['infer_img_s'] > 0 for r in rows)
     assert 'MMDEFSCAN_TRITON_MIN_NUMEL' not in os.environ
+
+
+def test_benchmark_paired_detectors_take_turns_with_a_module_attribute_switch(monkeypatch,
+                                                                              tmp_path):
+    """benchmark.py --paired --ab MODULE.ATTR=VALUE: the iterations of our detector in both arms
+    and of the peer's config take turns at every warm-up and timed call; the attribute is set in
+    the second arm only, as a Python literal, and restored afterwards."""
+    import importlib.util
+
+    import torch
+    from mmdefscan.ops.kernels import selective_scan_triton as kernels
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    seen = []
+
+    class Detector(torch.nn.Module):  # a stand-in for a built config: notes the switch per step
+        def __init__(self, config):
+            super().__init__()
+            self.config, self.backbone = config, torch.nn.Linear(4, 1)
+
+        def loss(self, x, samples):
+            seen.append((self.config, kernels.WANTED_PROGRAMS))
+            return dict(loss=self.backbone(x).square().mean())
+
+        def parse_losses(self, losses):
+            return losses['loss'], {}
+    monkeypatch.setattr(benchmark, 'build_downstream', lambda config, kind, device, graphs: (
+        Detector(config), torch.randn(2, 3, 5, 4), None))
+    shipped = kernels.WANTED_PROGRAMS
+    out = tmp_path / 'rows.json'
+    monkeypatch.setattr(sys, 'argv', [
+        'benchmark.py', '--models', '--detector', 'ours.py', 'mmdet::peer.py', '--paired',
+        '--downstream-dtypes', 'fp32', '--iters', '2', '--warmup', '1',
+        '--ab', 'mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=7',
+        '--json', str(out)])
+    benchmark.main()
+    assert seen == [('ours.py', shipped), ('ours.py', 7), ('mmdet::peer.py', shipped)] * 3
+    assert kernels.WANTED_PROGRAMS == shipped
+    rows = json.loads(out.read_text())['downstream']
+    assert [r['config'] for r in rows] == [
+        'ours.py', 'ours.py [mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=7]',
+        'mmdet::peer.py']
+    assert all((r['batch'], r['shape'], r['dtype']) == (2, '5x4', 'fp32') for r in rows)

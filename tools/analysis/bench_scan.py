@@ -1,10 +1,12 @@
 """Time the Triton selective scan against mamba-ssm's CUDA kernel on DefMamba's shapes.
 
-    python tools/analysis/bench_scan.py [--configs 32x2x264 16x1x528 ...] [--cases infer maskrcnn]
+    python tools/analysis/bench_scan.py [--configs 32x2x264x256 32x2x2112x16 ...]
+        [--cases infer maskrcnn]
 
 Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, training batch 64
 bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
-per program x warps x programs wanted before the forward cuts the sequence into segments):
+per program x warps x programs the forward's time segments make, below ``SEGMENT_BELOW``
+programs, x the steps a segment is a multiple of):
 forward (no grad) and forward+backward milliseconds of the Triton scan (``--bwd-configs`` sets
 the backward's channels per program x warps) against mamba-ssm's kernel both ways (defaults: the
 shipped settings); CUDA events, median of 10 after warm-up; the largest relative difference of
@@ -72,7 +74,8 @@ def rel_err(a, b):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--configs', nargs='+', default=[
-        f'{kernels.MAX_BD}x{kernels.NUM_WARPS}x{kernels.WANTED_PROGRAMS}'])
+        f'{kernels.MAX_BD}x{kernels.NUM_WARPS}x{kernels.WANTED_PROGRAMS}x{kernels.SEG_ALIGN}'],
+        help='the forward: channels per program x warps x programs wanted x segment alignment')
     parser.add_argument('--bwd-configs', nargs='+',
                         default=[f'{kernels.BWD_MAX_BD}x{kernels.BWD_NUM_WARPS}'],
                         help='the Triton backward: channels per program x warps')
@@ -92,8 +95,9 @@ def main():
         g_ref = [a.grad.clone() for a in args]
 
         for config in opts.configs:
-            bd, warps, wanted = map(int, config.split('x'))
-            kernels.MAX_BD, kernels.NUM_WARPS, kernels.WANTED_PROGRAMS = bd, warps, wanted
+            bd, warps, wanted, align = map(int, config.split('x'))
+            kernels.MAX_BD, kernels.NUM_WARPS = bd, warps
+            kernels.WANTED_PROGRAMS, kernels.SEG_ALIGN = wanted, align
             fwd = timed(lambda: run(args, False, True))
             for bwd_config in opts.bwd_configs:
                 kernels.BWD_MAX_BD, kernels.BWD_NUM_WARPS = map(int, bwd_config.split('x'))

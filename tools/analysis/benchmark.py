@@ -3,7 +3,7 @@
     python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
         [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
         [--compile] [--cuda-graphs] [--backbone-graphs] [--detector CONFIG ...]
-        [--segmentor CONFIG ...] [--ab-env VAR=VALUE] [--json out.json]
+        [--segmentor CONFIG ...] [--paired] [--ab NAME=VALUE ...] [--json out.json]
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
@@ -15,14 +15,20 @@ replays, which takes the host's launch work out of the classification rows (trai
 H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds our backbones
 (and those of the ``--segmentor`` configs) with ``cuda_graph=True``, what a user can switch on
 for static shapes: only their training forward + backward replay from graphs, the rest of the
-step stays eager, and the peers stay eager. ``--ab-env VAR=VALUE`` measures each of our models
-(and our detector / segmentor configs) without and with that environment variable set (rows
-``NAME [VAR=VALUE]``), the two arms taking turns at every iteration: an A/B of a run-time switch
-that both arms see the same drift of the device's host (runs in separate processes differ by up
-to 20%, runs one after the other in one process by 10-20%). A markdown table is printed last.
+step stays eager, and the peers stay eager. ``--ab NAME=VALUE ...`` (alias ``--ab-env``)
+measures each of our models (and our detector / segmentor configs) without and with these
+switches set: environment variables, or module attributes by dotted name
+(``mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=264``, a Python literal); rows
+``NAME [NAME=VALUE]``. The two arms take turns at every iteration, so that both see the same
+drift of the device's host (runs in separate processes differ by up to 20%, runs one after the
+other in one process by 10-20%). ``--paired`` does the same for the detectors (and for the
+segmentors): all their iterations take turns, so the ratio to the peer's config is measured on
+the same host. A markdown table is printed last.
 """
 import argparse
+import ast
 import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -107,16 +113,19 @@ class Timer:
     def __init__(self, device):
         self.cuda = device.type == 'cuda'
 
-    def arms(self, fns, iters, warmup):
+    def arms(self, fns, iters, warmup, kept=None):
         """(median seconds, median host seconds, peak GiB or nan) of each of ``fns``, called in
         turn at every iteration: the arms of an A/B see the same drift of the device's host,
-        which moves runs made one after the other by 10-20%."""
+        which moves runs made one after the other by 10-20%. ``kept``: for each arm, a function
+        giving the bytes its model keeps between steps; the peak is then that plus what the
+        step allocated above the memory in use when it began (other arms' models excluded)."""
         times, host = [[] for _ in fns], [[] for _ in fns]
         peak = [float('nan') if not self.cuda else 0.0 for _ in fns]
         for i in range(warmup + iters):
             for k, fn in enumerate(fns):
                 if self.cuda:
                     torch.cuda.reset_peak_memory_stats()
+                    in_use = torch.cuda.memory_allocated() if kept else 0
                     start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
                     start.record()
                 t0 = time.perf_counter()
@@ -125,7 +134,9 @@ class Timer:
                 if self.cuda:
                     end.record()
                     torch.cuda.synchronize()
-                    peak[k] = max(peak[k], torch.cuda.max_memory_allocated() / 2**30)
+                    step_peak = torch.cuda.max_memory_allocated() - in_use
+                    step_peak += kept[k]() if kept else 0
+                    peak[k] = max(peak[k], step_peak / 2**30)
                 if i >= warmup:  # the warm-up counts for the peak only (a graph's capture)
                     host[k].append(returned)
                     times[k].append(start.elapsed_time(end) / 1e3 if self.cuda else returned)
@@ -161,10 +172,10 @@ def cuda_graph(step, warmup=3):
     return replay
 
 
-def in_environ(fn, variables):
-    """``fn`` that runs with these environment variables set (an A/B arm)."""
+def in_arm(fn, settings):
+    """``fn`` that runs with these switches set (an A/B arm, :func:`switched`)."""
     def run():
-        with environ(**variables):
+        with switched(settings):
             fn()
     return run
 
@@ -201,8 +212,8 @@ def bench_classification(name, arms, args, device, timer):
         def infer():
             with torch.no_grad(), autocast(device, dtype, cache_enabled=not graphs):
                 run(x)
-        inference = timer.arms([in_environ(cuda_graph(infer) if graphs else infer, variables)
-                                for variables, _ in arms], args.iters, args.warmup)
+        inference = timer.arms([in_arm(cuda_graph(infer) if graphs else infer, settings)
+                                for settings, _ in arms], args.iters, args.warmup)
         xt = torch.randn(args.train_batch, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (args.train_batch,), device=device)
         model.train()
@@ -214,8 +225,8 @@ def bench_classification(name, arms, args, device, timer):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        training = timer.arms([in_environ(cuda_graph(train) if graphs else train, variables)
-                               for variables, _ in arms], args.iters, args.warmup)
+        training = timer.arms([in_arm(cuda_graph(train) if graphs else train, settings)
+                               for settings, _ in arms], args.iters, args.warmup)
         for (_, label), (t_inf, _, _), (t_train, host, peak) in zip(arms, inference, training):
             rows.append(dict(model=name + label, dtype=dtype + mode, params_M=round(params, 2),
                              infer_img_s=round(args.batch / t_inf, 1),
@@ -273,58 +284,89 @@ def build_downstream(config, kind, device, cuda_graph=False):
     return model, torch.randn(batch, 3, h, w, device=device), samples
 
 
-def bench_downstream(config, kind, arms, args, device, timer):
-    """Seconds per training iteration of a full detector / segmentor on random data, per dtype
-    and A/B arm (alternating, as in :func:`bench_classification`)."""
-    # detection inputs change shape from batch to batch: graphs for the segmentors only
-    use_graphs = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
-    model, x, samples = build_downstream(config, kind, device, use_graphs)
-    batch, h, w = x.shape[0], *x.shape[2:]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def kept_bytes(model, optimizer):
+    """Bytes a model keeps between training steps: weights, buffers, optimizer state (the
+    gradients are freed by ``zero_grad``)."""
+    tensors = [*model.parameters(), *model.buffers()] + [
+        t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def training_iteration(model, x, samples, optimizer, device, dtype):
+    def step():
+        with autocast(device, dtype):
+            loss, _ = model.parse_losses(model.loss(x, samples))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_downstream(entries, args, device, timer):
+    """Seconds per training iteration of full detectors / segmentors on random data, per dtype:
+    every (config, A/B arm) of ``entries`` ((config, kind, arms)) takes its turn at every
+    iteration, as in :func:`bench_classification`. The peak is each model's own: its weights and
+    optimizer state, and what its step allocates above the memory in use when it begins."""
+    built = []
+    for config, kind, arms in entries:
+        # detection inputs change shape from batch to batch: graphs for the segmentors only
+        use_graphs = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
+        model, x, samples = build_downstream(config, kind, device, use_graphs)
+        built.append((config, arms, model, x, samples, torch.optim.AdamW(model.parameters(),
+                                                                          lr=1e-4)))
     rows = []
     for dtype in args.downstream_dtypes:
-        graphed = release_backbone_graph(model.backbone)
-
-        def step():
-            with autocast(device, dtype):
-                loss, _ = model.parse_losses(model.loss(x, samples))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        timings = timer.arms([in_environ(step, variables) for variables, _ in arms],
-                             args.iters, args.warmup)
-        for (_, label), (seconds, _, peak) in zip(arms, timings):
-            rows.append(dict(config=config + label, dtype=dtype + ('+bbgraphs' if graphed else ''),
-                             batch=batch, shape=f'{h}x{w}',
-                             s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
+        fns, kept, labels = [], [], []
+        for config, arms, model, x, samples, optimizer in built:
+            graphed = release_backbone_graph(model.backbone)
+            step = training_iteration(model, x, samples, optimizer, device, dtype)
+            for settings, label in arms:
+                fns.append(in_arm(step, settings))
+                kept.append(lambda m=model, o=optimizer: kept_bytes(m, o))
+                labels.append((config + label, dtype + ('+bbgraphs' if graphed else ''), x))
+        timings = timer.arms(fns, args.iters, args.warmup, kept)
+        for (config, mode, x), (seconds, _, peak) in zip(labels, timings):
+            rows.append(dict(config=config, dtype=mode, batch=x.shape[0],
+                             shape=f'{x.shape[2]}x{x.shape[3]}', s_per_iter=round(seconds, 3),
+                             peak_GiB=round(peak, 2)))
             print(rows[-1], flush=True)
-    del model, optimizer
+    del built
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return rows
 
 
 @contextlib.contextmanager
-def environ(**variables):
-    """Set these environment variables for the block, then restore what was there."""
-    old = {var: os.environ.get(var) for var in variables}
-    os.environ.update(variables)
+def switched(settings):
+    """Set these switches for the block, then restore what was there: environment variables
+    (NAME: value) and module attributes (package.module.NAME: a Python literal)."""
+    old_env, old_attrs = {}, []
     try:
+        for name, value in settings.items():
+            if '.' in name:
+                module, attr = name.rsplit('.', 1)
+                module = importlib.import_module(module)
+                old_attrs.append((module, attr, getattr(module, attr)))
+                setattr(module, attr, ast.literal_eval(value))
+            else:
+                old_env[name] = os.environ.get(name)
+                os.environ[name] = value
         yield
     finally:
-        for var, value in old.items():
+        for module, attr, value in reversed(old_attrs):
+            setattr(module, attr, value)
+        for name, value in old_env.items():
             if value is None:
-                os.environ.pop(var)
+                os.environ.pop(name)
             else:
-                os.environ[var] = value
+                os.environ[name] = value
 
 
 def ab_runs(ours, args):
-    """(environment variables to set, label suffix) of each run of a model."""
-    if not (ours and args.ab_env):
+    """(switches to set, label suffix) of each run of a model."""
+    if not (ours and args.ab):
         return [({}, '')]
-    var, value = args.ab_env.split('=', 1)
-    return [({}, ''), ({var: value}, f' [{args.ab_env}]')]
+    return [({}, ''), (dict(s.split('=', 1) for s in args.ab), f" [{', '.join(args.ab)}]")]
 
 
 def main():
@@ -348,7 +390,11 @@ def main():
                         help='our backbones with cuda_graph=True (training replays from graphs)')
     parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
     parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
-    parser.add_argument('--ab-env', help='VAR=VALUE: also run our models with it set')
+    parser.add_argument('--paired', action='store_true',
+                        help='the detectors (and the segmentors) take turns at every iteration')
+    parser.add_argument('--ab', '--ab-env', nargs='+', metavar='NAME=VALUE',
+                        help='also run our models with these environment variables or module '
+                             'attributes (dotted names) set')
     parser.add_argument('--json', help='write all rows here')
     args = parser.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -361,12 +407,13 @@ def main():
                                      device, timer)
     downstream = []
     for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
-        for config in configs:
-            try:  # one broken config (a missing package, an op without a dtype) skips a row
-                downstream += bench_downstream(config, kind, ab_runs('::' not in config, args),
-                                               args, device, timer)
+        entries = [(config, kind, ab_runs('::' not in config, args)) for config in configs]
+        for group in ([entries] if args.paired and entries else [[e] for e in entries]):
+            try:  # one broken config (a missing package, an op without a dtype) skips its rows
+                downstream += bench_downstream(group, args, device, timer)
             except Exception as err:  # noqa: BLE001
-                print(f'{config}: skipped, {type(err).__name__}: {err}', flush=True)
+                print(f"{', '.join(e[0] for e in group)}: skipped, {type(err).__name__}: {err}",
+                      flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'

@@ -7,8 +7,9 @@
 # steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile host ab
 # abgraphs (default: all but build, profile, host, ab, abgraphs, graphs and bbgraphs); `build`
 # packs the compiled extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the
-# benchmark; AB_ENV=VAR=VALUE is the switch the `ab` step measures (our backbones and Mask R-CNN
-# without and with it, the arms taking turns, in one process: benchmark.py --ab-env; `abgraphs`:
+# benchmark; AB="NAME=VALUE ..." are the switches the `ab` step measures (environment variables
+# or dotted module attributes: our backbones and Mask R-CNN without and with them, the arms and
+# the peer's Mask R-CNN taking turns, in one process: benchmark.py --ab --paired; `abgraphs`:
 # the backbones replayed from CUDA graphs, kernel time alone); TESTS_K selects tests (pytest -k);
 # SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10
 # minutes: split the steps over two calls on a warm machine.
@@ -59,7 +60,7 @@ for step in $STEPS; do
         DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
         --segmentor configs/upernet_defmamba_s_ade20k.py --downstream-dtypes fp32 ;;
     downstream)
-      benchmark downstream --models --iters 6 --warmup 2 \
+      benchmark downstream --models --iters 6 --warmup 2 --paired \
         --downstream-dtypes ${DOWNSTREAM_DTYPES:-fp32 fp16} \
         --detector configs/maskrcnn_defmamba_s_coco.py \
         mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
@@ -81,13 +82,13 @@ for step in $STEPS; do
         > "$OUT/profile_maskrcnn_swin.txt" 2>&1
       grep -h -E "^## |Self CUDA time total|Error" "$OUT"/profile_*.txt ;;
     ab)
-      benchmark ab --ab-env "${AB_ENV:?}" --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm \
+      benchmark ab --ab ${AB:?} --paired --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm \
         DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
         --downstream-dtypes fp32 --detector configs/maskrcnn_defmamba_s_coco.py \
         mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py ;;
     abgraphs)  # the same switch with every classification step replayed from a CUDA graph:
       # kernel time alone, without the host's launch work
-      benchmark abgraphs --cuda-graphs --ab-env "${AB_ENV:?}" --models ${BACKBONES:-Swin-T/timm \
+      benchmark abgraphs --cuda-graphs --ab ${AB:?} --models ${BACKBONES:-Swin-T/timm \
         DefMamba-T DefMamba-S DefMamba-B} --iters 10 --warmup 2 ;;
     host)  # where the host's time goes in an eager training step, per module and backward node
       for model in ${BACKBONES:-DefMamba-T Swin-T/timm}; do

@@ -339,9 +339,15 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, G, DU, DDELTA
     tl.store(DBIAS_PART + part_row, dbias)
 
 
-# Tuned on the H200 with tools/analysis/bench_scan.py: channels per program, warps, and the
-# programs wanted before the forward cuts the sequence into segments.
-MAX_BD, NUM_WARPS, WANTED_PROGRAMS = 32, 2, 264
+# Tuned on the H200 with tools/analysis/bench_scan.py: channels per program and warps; the
+# forward cuts the sequence into time segments when batch x channel blocks are fewer than
+# SEGMENT_BELOW programs, into as many as make WANTED_PROGRAMS, each a multiple of SEG_ALIGN
+# steps. Round 10 (ms, fwd / fwd+bwd, 264 programs of 256-step multiples before): Mask R-CNN
+# maps st0-3 1.82 -> 0.83 / 6.33 -> 4.28, 0.89 -> 0.42 / 3.21 -> 2.20, 0.47 -> 0.30 /
+# 1.80 -> 1.19, 0.34 -> 0.20 / 1.60 -> 1.31. Segments cost a second pass, which lost where
+# the blocks already filled the GPU (DefMamba-S training st0, 576 programs: 0.79 -> 1.00).
+MAX_BD, NUM_WARPS = 32, 2
+SEGMENT_BELOW, WANTED_PROGRAMS, SEG_ALIGN = 264, 2112, 16
 # The backward's channels per program and warps, and the programs it wants before it cuts the
 # reverse pass into time segments. One warp keeps the per-step sums over the block's channels
 # (dB, dC) inside a warp. Round 8 (fwd+bwd ms, Triton forward with mamba-ssm's backward / with
@@ -362,13 +368,16 @@ def block_channels(cpg, max_bd=None):
     return bd
 
 
-def segmentation(programs, length, align, segments=None, wanted=None):
-    """(number of segments, steps per segment): ``wanted`` programs (default
-    ``WANTED_PROGRAMS``, the forward's) to fill the GPU; segments are whole multiples of
-    ``align`` steps (a multiple of the checkpoint spacing)."""
+def segmentation(programs, length, align, segments=None, wanted=None, below=None):
+    """(number of segments, steps per segment): one segment from ``below`` programs on (default:
+    ``wanted``), else as many as make ``wanted`` programs (default ``WANTED_PROGRAMS``, the
+    forward's) to fill the GPU; segments are whole multiples of ``align`` steps (a multiple of
+    the checkpoint spacing)."""
     if segments is None:
         wanted = WANTED_PROGRAMS if wanted is None else wanted
-        segments = max(1, min(-(-wanted // programs), length // align))
+        below = wanted if below is None else below
+        segments = 1 if programs >= below else max(1, min(-(-wanted // programs),
+                                                          length // align))
     seg_len = -(-(-(-length // segments)) // align) * align
     return -(-length // seg_len), seg_len
 
@@ -383,7 +392,8 @@ class _Call:
         self.bd = block_channels(self.cpg)
         self.rows = self.batch * self.channels
         self.n_ckpt = -(-self.length // CKPT)
-        self.n_seg, self.seg_len = segmentation(self.rows // self.bd, self.length, 256, segments)
+        self.n_seg, self.seg_len = segmentation(self.rows // self.bd, self.length, SEG_ALIGN,
+                                                segments, below=SEGMENT_BELOW)
         self.meta = dict(NP=triton.next_power_of_2(self.n_state), BD=self.bd,
                          HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
                          num_warps=NUM_WARPS)
