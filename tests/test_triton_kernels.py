@@ -334,8 +334,8 @@ def test_deformable_scan_trains_after_an_inference_mode_call(monkeypatch):
 SCAN_CASES = {  # groups, channels per group, states, steps, segments, softplus + bias + D
     'grouped': (2, 8, 3, 150, 1, True),
     'grouped, 3 segments': (2, 8, 3, 700, 3, True),
-    # None: as many segments as the few programs ask for. The backward cuts 150 steps into 5
-    # segments of 32, and 71 steps into 3, the last of 7 steps (not a multiple of 4)
+    # None: as many segments as the few programs ask for. The forward and the backward cut 150
+    # steps into 5 segments of 32, and 71 steps into 3, the last of 7 steps (not a multiple of 4)
     'grouped, automatic segments': (2, 8, 3, 150, None, True),
     'one group, 16 states, bare': (1, 4, 16, 71, None, False),
 }

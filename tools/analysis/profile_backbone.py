@@ -1,7 +1,7 @@
 """Where a backbone's GPU time goes: torch.profiler's per-operator table for one workload.
 
     python tools/analysis/profile_backbone.py --model DefMamba-S [--mode infer|train]
-        [--batch 64] [--dtype fp32|bf16] [--compile] [--rows 30] [--host]
+        [--batch 64] [--dtype fp32|bf16|fp16] [--compile] [--rows 30] [--host]
     python tools/analysis/profile_backbone.py --detector configs/maskrcnn_defmamba_s_coco.py
         [--dtype fp32]   (or --segmentor CFG: one training iteration of the whole model)
 
@@ -31,7 +31,7 @@ def main():
     parser.add_argument('--model', default='DefMamba-S', choices=sorted(MODELS))
     parser.add_argument('--mode', default='infer', choices=['infer', 'train'])
     parser.add_argument('--batch', type=int, default=64)
-    parser.add_argument('--dtype', default='bf16', choices=['fp32', 'bf16'])
+    parser.add_argument('--dtype', default='bf16', choices=['fp32', 'bf16', 'fp16'])
     parser.add_argument('--compile', action='store_true')
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--rows', type=int, default=30)
