@@ -293,6 +293,8 @@ def kept_bytes(model, optimizer):
 
 
 def training_iteration(model, x, samples, optimizer, device, dtype):
+    """One training iteration of a detector / segmentor under ``dtype``'s autocast, AdamW step
+    included."""
     def step():
         with autocast(device, dtype):
             loss, _ = model.parse_losses(model.loss(x, samples))
