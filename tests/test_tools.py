@@ -217,3 +217,40 @@ def test_benchmark_paired_detectors_take_turns_with_a_module_attribute_switch(mo
         'ours.py', 'ours.py [mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=7]',
         'mmdet::peer.py']
     assert all((r['batch'], r['shape'], r['dtype']) == (2, '5x4', 'fp32') for r in rows)
+
+
+def test_profile_charges_gpu_idle_to_the_host_range_that_launched_the_next_kernel():
+    """profile_backbone.py's idle table: a gap between kernels goes to the innermost module
+    range (or backward node) around the launch of the kernel that ends it, on the launching
+    thread; overlapping kernels leave no gap; a launch outside named ranges falls back to the
+    outermost operator."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'profile_tool', REPO / 'tools/analysis/profile_backbone.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def span(name, cat, ts, dur, tid=1, **args):
+        return dict(ph='X', name=name, cat=cat, ts=ts, dur=dur, pid=1, tid=tid, args=args)
+    events = [
+        span('## DefMamba', 'user_annotation', 0, 100),
+        span('## LayerNorm', 'user_annotation', 10, 20),
+        span('aten::layer_norm', 'cpu_op', 12, 10),
+        span('cudaLaunchKernel', 'cuda_runtime', 15, 1, correlation=2),
+        span('## Linear', 'user_annotation', 40, 30),
+        span('cuLaunchKernelEx', 'cuda_driver', 50, 1, correlation=3),
+        span('cuLaunchKernelEx', 'cuda_driver', 60, 1, correlation=4),
+        span('aten::mm', 'cpu_op', 150, 10),  # outside every named range
+        span('cudaLaunchKernel', 'cuda_runtime', 155, 1, correlation=5),
+        span('autograd::engine::evaluate_function: MmBackward0', 'cpu_op', 200, 30, tid=7),
+        span('cudaLaunchKernel', 'cuda_runtime', 210, 1, tid=7, correlation=6),
+        span('stem', 'kernel', 5, 5, tid=99, correlation=1),
+        span('ln', 'kernel', 20, 10, tid=99, correlation=2),     # gap 10, LayerNorm
+        span('mm1', 'kernel', 55, 40, tid=99, correlation=3),    # gap 25, Linear
+        span('mm2', 'kernel', 80, 10, tid=99, correlation=4),    # overlaps mm1: no gap
+        span('mm3', 'kernel', 160, 5, tid=99, correlation=5),    # gap 65, aten::mm
+        span('mm_bwd', 'kernel', 215, 5, tid=99, correlation=6),  # gap 50, the backward node
+    ]
+    assert tool.gpu_idle_by_launcher(events) == {
+        '## LayerNorm': (1, 10), '## Linear': (1, 25), 'aten::mm': (1, 65),
+        'autograd::engine::evaluate_function: MmBackward0': (1, 50)}

@@ -10,10 +10,18 @@ UperNet iteration); prints the operators sorted by their device time (self time,
 calls are not counted twice). ``--host`` sorts by host time instead: every module's forward is
 a range named ``## ClassName``, and the backward nodes are autograd's ``evaluate_function``
 rows, so the table says which part of a block the host spends its time in.
+
+On CUDA a last table says where the GPU waits for the host: every gap between kernels is
+charged to the host range that launched the kernel ending it (a module's forward ``## Name``
+with ``--host``, a backward node, the optimizer step, else the outermost operator).
+``--trace PATH`` also writes the profiled steps as a Chrome trace (``.json.gz`` compresses).
 """
 import argparse
+import gzip
+import json
 import os.path as osp
 import sys
+import tempfile
 import time
 
 import torch
@@ -39,6 +47,7 @@ def main():
                         help='host time per module forward and per backward node')
     parser.add_argument('--detector', help='a Mask R-CNN config: profile its training iteration')
     parser.add_argument('--segmentor', help='an UperNet config: profile its training iteration')
+    parser.add_argument('--trace', help='write the profiled steps as a Chrome trace here')
     args = parser.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -98,6 +107,14 @@ def main():
         print(f'per step: wall {wall:.1f} ms, host until the step returns {host:.1f} ms, '
               f'kernels {busy:.1f} ms (the GPU idles {max(wall - busy, 0):.1f} ms: host-bound '
               f'where host ~ wall)')
+    if args.trace or device.type == 'cuda':
+        with tempfile.TemporaryDirectory() as tmp:
+            path = args.trace or osp.join(tmp, 'trace.json')
+            prof.export_chrome_trace(path)
+            with (gzip.open if path.endswith('.gz') else open)(path, 'rt') as f:
+                trace = json.load(f)
+        if device.type == 'cuda':
+            print_idle_rows(gpu_idle_by_launcher(trace['traceEvents']), args.steps, args.rows)
 
 
 def annotate_modules(model):
@@ -133,6 +150,57 @@ def print_host_rows(averages, steps, rows):
           'cpu_time_total')
     table('operator (self)', [e for e in averages if not e.key.startswith(('## ', 'autograd::'))],
           'self_cpu_time_total')
+
+
+KERNEL_CATS = ('kernel', 'gpu_memcpy', 'gpu_memset')
+LAUNCH_CATS = ('cuda_runtime', 'cuda_driver')
+NAMED_RANGES = ('## ', 'autograd::engine::evaluate_function: ', 'Optimizer.')
+
+
+def gpu_idle_by_launcher(events):
+    """{host range: (gaps, idle us)}: each gap in the GPU's work (from the end of all earlier
+    kernels to the start of the next) charged to the innermost named range (module forward,
+    backward node, optimizer step; else the outermost operator) around the host call that
+    launched the kernel ending the gap, on that call's thread. ``events``: a Chrome trace's."""
+    kernels = sorted((e for e in events if e.get('cat') in KERNEL_CATS), key=lambda e: e['ts'])
+    launches = {e['args']['correlation']: e for e in events
+                if e.get('cat') in LAUNCH_CATS and 'correlation' in e.get('args', {})}
+    gaps, busy_until = {}, None  # thread -> [(launch time, idle us)]
+    for k in kernels:
+        if busy_until is not None and k['ts'] > busy_until:
+            call = launches.get(k.get('args', {}).get('correlation'))
+            key = (call['pid'], call['tid']) if call else None
+            gaps.setdefault(key, []).append((call['ts'] if call else 0, k['ts'] - busy_until))
+        busy_until = max(busy_until or 0, k['ts'] + k['dur'])
+    ranges = {}
+    for e in events:
+        if e.get('ph') == 'X' and e.get('cat') in ('user_annotation', 'cpu_op'):
+            ranges.setdefault((e['pid'], e['tid']), []).append(e)
+    idle = {}
+    for key, thread_gaps in gaps.items():
+        # one sweep per thread: the stack holds the ranges open at the launch, outermost first
+        todo = sorted(ranges.get(key, []), key=lambda e: (e['ts'], -e['dur']))[::-1]
+        stack = []
+        for t, wait in sorted(thread_gaps):
+            while todo and todo[-1]['ts'] <= t:
+                stack.append(todo.pop())
+            stack = [e for e in stack if e['ts'] + e['dur'] >= t]
+            named = [e['name'] for e in stack if e['name'].startswith(NAMED_RANGES)]
+            name = (named[-1] if named else stack[0]['name'] if stack else
+                    '(no range)' if key else '(no launch)')
+            count, total = idle.get(name, (0, 0.0))
+            idle[name] = (count + 1, total + wait)
+    return idle
+
+
+def print_idle_rows(idle, steps, rows):
+    """The idle table of :func:`gpu_idle_by_launcher`, per step, largest first."""
+    total = sum(t for _, t in idle.values())
+    print(f'\nThe GPU idles {total / 1e3 / steps:.1f} ms per step between kernels, waiting on:')
+    print('\n| host range launching the next kernel | gaps / step | idle ms / step |')
+    print('|---|---|---|')
+    for name, (gaps, t) in sorted(idle.items(), key=lambda kv: -kv[1][1])[:rows]:
+        print(f'| {name[:80]} | {gaps / steps:.0f} | {t / 1e3 / steps:.2f} |')
 
 
 def host_and_wall_ms(step, steps, device):

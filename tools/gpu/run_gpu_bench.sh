@@ -76,11 +76,12 @@ for step in $STEPS; do
           --dtype $dtype --rows 45 > "$OUT/profile_train_$dtype.txt" 2>&1
       done
       python3 tools/analysis/profile_backbone.py --detector configs/maskrcnn_defmamba_s_coco.py \
-        --dtype fp32 --rows 45 > "$OUT/profile_maskrcnn.txt" 2>&1
+        --dtype fp32 --rows 45 --trace "$OUT/trace_maskrcnn.json.gz" \
+        > "$OUT/profile_maskrcnn.txt" 2>&1
       python3 tools/analysis/profile_backbone.py --dtype fp32 --rows 30 \
         --detector mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
         > "$OUT/profile_maskrcnn_swin.txt" 2>&1
-      grep -h -E "^## |Self CUDA time total|Error" "$OUT"/profile_*.txt ;;
+      grep -h -E "^## |Self CUDA time total|^per step|GPU idles|Error" "$OUT"/profile_*.txt ;;
     ab)
       benchmark ab --ab ${AB:?} --paired --models ${BACKBONES:-Swin-T/timm ConvNeXt-T/timm \
         DefMamba-T DefMamba-S DefMamba-B SpatialMamba-T DAMamba-T} --iters 6 --warmup 2 \
