@@ -101,9 +101,10 @@ def main():
         print(averages.table(sort_by=key, row_limit=args.rows, max_name_column_width=90))
     if device.type == 'cuda':
         # kernel rows only: operator rows repeat their kernels' time, and a GPU-side annotation
-        # (Optimizer.step#...) spans the queue ahead of it
+        # (Optimizer.step#..., a module's ## range with --host) spans the queue ahead of it
         busy = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA
-                   and not e.key.startswith(('Optimizer.', 'ProfilerStep'))) / 1e3 / args.steps
+                   and not e.key.startswith(('Optimizer.', 'ProfilerStep', '## '))
+                   ) / 1e3 / args.steps
         print(f'per step: wall {wall:.1f} ms, host until the step returns {host:.1f} ms, '
               f'kernels {busy:.1f} ms (the GPU idles {max(wall - busy, 0):.1f} ms: host-bound '
               f'where host ~ wall)')
