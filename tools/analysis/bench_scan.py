@@ -4,7 +4,7 @@
         [--cases infer maskrcnn]
 
 Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, training batch 64
-bf16) and the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32). For every config (channels
+bf16), the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32) and single images (fp32). For every config (channels
 per program x warps x programs the forward's time segments make, below ``SEGMENT_BELOW``
 programs, x the steps a segment is a multiple of):
 forward (no grad) and forward+backward milliseconds of the Triton scan (``--bwd-configs`` sets
@@ -31,6 +31,9 @@ CASES += [(f'T-224 train st{i}', 64, 144 * 2 ** i, 3136 // 4 ** i, torch.bfloat1
           for i in range(2)]
 CASES += [(f'S-maskrcnn st{i}', 2, 288 * 2 ** i, 67200 // 4 ** i, torch.float32)
           for i in range(4)]
+# one image: a single 224x224 inference and a Mask R-CNN test image (few programs, many segments)
+CASES += [('S-224 b1 st0', 1, 288, 3136, torch.float32),
+          ('S-maskrcnn-test b1 st0', 1, 288, 67200, torch.float32)]
 
 
 def inputs(batch, channels, length, dtype, groups=3, n_state=16):
