@@ -4,13 +4,13 @@
         [--cases infer maskrcnn]
 
 Shapes: DefMamba-S / -T at 224x224 (3 directions, inference batch 128 bf16, training batch 64
-bf16), the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32) and single images (fp32). For every config (channels
-per program x warps x programs the forward's time segments make, below ``SEGMENT_BELOW``
-programs, x the steps a segment is a multiple of):
-forward (no grad) and forward+backward milliseconds of the Triton scan (``--bwd-configs`` sets
-the backward's channels per program x warps) against mamba-ssm's kernel both ways (defaults: the
-shipped settings); CUDA events, median of 10 after warm-up; the largest relative difference of
-the Triton scan's outputs and gradients to the CUDA kernel's. A markdown table last.
+bf16), the Mask R-CNN input of DefMamba-S (2 x 800x1344, fp32) and single images (fp32). For every
+config (channels per program x warps x programs the forward's time segments make, below
+``SEGMENT_BELOW`` programs, x the steps a segment is a multiple of): forward (no grad) and
+forward+backward milliseconds of the Triton scan (``--bwd-configs`` sets the backward's channels
+per program x warps) against mamba-ssm's kernel both ways (defaults: the shipped settings); CUDA
+events, median of 10 after warm-up; the largest relative difference of the Triton scan's outputs
+and gradients to the CUDA kernel's. A markdown table last.
 """
 import argparse
 import os
@@ -113,7 +113,7 @@ def main():
                              err))
                 print(rows[-1], flush=True)
     print('\n### selective scan: mamba-ssm CUDA kernel vs Triton (ms; config: forward '
-          'BDxwarpsxprograms / backward BDxwarps)\n')
+          'BDxwarpsxprogramsxalignment / backward BDxwarps)\n')
     print('| case | config | fwd cuda | fwd triton | fwd+bwd cuda | fwd+bwd triton | '
           'max rel diff to cuda |')
     print('|---|---|---|---|---|---|---|')

@@ -112,10 +112,10 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             path = args.trace or osp.join(tmp, 'trace.json')
             prof.export_chrome_trace(path)
-            with (gzip.open if path.endswith('.gz') else open)(path, 'rt') as f:
-                trace = json.load(f)
-        if device.type == 'cuda':
-            print_idle_rows(gpu_idle_by_launcher(trace['traceEvents']), args.steps, args.rows)
+            if device.type == 'cuda':  # the idle table reads the trace back
+                with (gzip.open if path.endswith('.gz') else open)(path, 'rt') as f:
+                    idle = gpu_idle_by_launcher(json.load(f)['traceEvents'])
+                print_idle_rows(idle, args.steps, args.rows)
 
 
 def annotate_modules(model):
