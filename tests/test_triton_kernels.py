@@ -11,12 +11,15 @@ import torch
 
 from _refs import load_ref, max_rel_err, reference_files, run_case, saved_bytes
 from mmdefscan.models.backbones import DAMamba, DefMamba, SpatialMamba
-from mmdefscan.ops import DeformableScan, LayerNorm, layer_norm_ref, merge_scans_gate_ref
+from mmdefscan.ops import (DeformableScan, DepthwiseConv2d, LayerNorm, layer_norm_ref,
+                           merge_scans_gate_ref)
 from mmdefscan.ops import deformable_scan as deformable_scan_module
+from mmdefscan.ops import depthwise_conv as depthwise_conv_module
 from mmdefscan.ops import dynamic_adaptive_scan as adaptive_scan_module
 from mmdefscan.ops import layer_norm as layer_norm_module
 from mmdefscan.ops import scan_merge as scan_merge_module
 from mmdefscan.ops import selective_scan as selective_scan_module
+from mmdefscan.ops.depthwise_conv import depthwise_conv2d_triton
 from mmdefscan.ops.layer_norm import layer_norm_triton
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton
 from mmdefscan.ops.state_fusion import StateFusion, fuse_read_out_ref
@@ -31,12 +34,13 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 @pytest.fixture
 def triton_everywhere(monkeypatch):
     """Route the model's LayerNorms, scan merges, deformable and adaptive sampling and state-fusion
-    read-outs through the kernels, CPU tensors included, and on CUDA the selective scan too (in
-    the interpreter a whole model's scans would take many minutes: its tests below use small
-    shapes)."""
+    read-outs through the kernels, CPU tensors included, and on CUDA the selective scan and the
+    depthwise convs too (in the interpreter a whole model's scans or 9x9 convs would take many
+    minutes: their tests below use small shapes)."""
     modules = [layer_norm_module, scan_merge_module, deformable_scan_module, state_fusion_module,
                adaptive_scan_module]
-    for module in modules + ([selective_scan_module] if DEVICE == 'cuda' else []):
+    on_cuda_only = [selective_scan_module, depthwise_conv_module]
+    for module in modules + (on_cuda_only if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda *args, **kwargs: True)
 
 
@@ -169,6 +173,46 @@ def test_training_routing_keeps_no_more_per_image_than_the_kernels(monkeypatch):
             monkeypatch.setattr(module, 'use_triton', rule)
         per_image[routing] = kept_bytes(model, 2) - kept_bytes(model, 1)
     assert per_image['routed'] <= 1.01 * per_image['kernels']
+
+
+@pytest.mark.parametrize('kernel_size, bias', [(3, True), (9, True), (5, False)])
+@pytest.mark.parametrize('size', [(1, 1), (5, 7), (10, 130)])
+def test_depthwise_conv_kernel_matches_torch(kernel_size, bias, size):
+    """Forward, input, weight and bias gradients against F.conv2d in float64; (10, 130) spans
+    two tiles each way, (1, 1) has every tap but the centre off the map."""
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=DEVICE)
+    weight = torch.randn(3, 1, kernel_size, kernel_size, dtype=torch.float64, device=DEVICE)
+    params = [x, weight] + ([torch.randn(3, dtype=torch.float64, device=DEVICE)] if bias else [])
+    inputs = [t.float().requires_grad_() for t in params]
+    ref_inputs = [t.clone().requires_grad_() for t in params]
+    out = depthwise_conv2d_triton(*inputs)
+    ref = torch.nn.functional.conv2d(*ref_inputs, padding=kernel_size // 2, groups=3)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert max_rel_err(out, ref) < 1e-5
+    w = torch.randn_like(ref)
+    for name, a, b in zip(['x', 'weight', 'bias'], grads(out, inputs, w.float()),
+                          grads(ref, ref_inputs, w)):
+        assert a.shape == b.shape and max_rel_err(a, b) < 1e-5, name
+
+
+def test_depthwise_conv_module_is_a_conv_and_follows_autocast(monkeypatch):
+    """Same keys and parameters as nn.Conv2d (checkpoints load either way); under autocast the
+    output is in the autocast dtype, within its rounding of the fp32 conv; float64 stays exact."""
+    monkeypatch.setattr(depthwise_conv_module, 'use_triton', lambda *args, **kwargs: True)
+    routed = []
+    monkeypatch.setattr(depthwise_conv_module, 'depthwise_conv2d_triton',
+                        lambda *args: routed.append(args[-1]) or depthwise_conv2d_triton(*args))
+    conv = DepthwiseConv2d(8, 7).to(DEVICE)
+    plain = torch.nn.Conv2d(8, 8, 7, 1, 3, groups=8).to(DEVICE)
+    assert conv.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 9, 11, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16 and routed == [torch.bfloat16]
+    torch.testing.assert_close(out, plain(x).to(torch.bfloat16))
+    torch.testing.assert_close(conv.double()(x.double()), plain.double()(x.double()),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_layer_norm_module_over_several_dims_stays_exact(triton_everywhere):

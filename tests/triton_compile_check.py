@@ -9,7 +9,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mmdefscan.ops.kernels import (adaptive_sample_triton, deform_sample_triton,
-                                   layer_norm_triton, scan_merge_triton, selective_scan_triton,
+                                   depthwise_conv_triton, layer_norm_triton, scan_merge_triton, selective_scan_triton,
                                    state_fusion_triton)
 
 # pointers default to fp32; index pointers and low-precision activations are named here
@@ -71,6 +71,12 @@ def main():
                      dict(NP=16, BD=scan.BWD_MAX_BD, HAS_BIAS=True, SOFTPLUS=True), 'LN',
                      activations=('DELTA', 'CM', 'DY'))
     compile_for_sm90(scan._combine_segments_kernel, dict(BLOCK=256), 'N')
+    conv, tile = depthwise_conv_triton, dict(BLOCK_H=8, BLOCK_W=128)
+    for flip in (False, True):  # the forward (bias) and the input gradient (mirrored, no bias)
+        compile_for_sm90(conv._dwconv_kernel, dict(K=9, FLIP=flip, HAS_BIAS=not flip, **tile),
+                         'CHANNELS HEIGHT WIDTH'.split(), activations=('X', 'OUT'))
+    compile_for_sm90(conv._dwconv_wgrad_kernel, dict(K=9, **tile), 'HEIGHT WIDTH'.split(),
+                     activations=('X', 'DY'))
 
 if __name__ == '__main__':
     main()

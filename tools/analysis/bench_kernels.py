@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import environ  # noqa: E402
 from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
-from mmdefscan.ops import DeformableScan, layer_norm_ref, merge_scans_gate_ref  # noqa: E402
+from mmdefscan.ops import (DeformableScan, DepthwiseConv2d, layer_norm_ref,  # noqa: E402
+                           merge_scans_gate_ref)
 from mmdefscan.ops.layer_norm import layer_norm_triton  # noqa: E402
 from mmdefscan.ops.scan_merge import merge_scans_gate_triton  # noqa: E402
 from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample  # noqa: E402
@@ -77,6 +78,8 @@ def cases(dim, height, width, batch, dtype, stage):
     def read_out():  # the kernel runs only without autograd
         with torch.no_grad():
             return fusion.read_out(states, x_dbl[:, 2:], u, skip)
+    offset_conv = DepthwiseConv2d(dim, DeformableScan.kernel_sizes[stage]).to(dev)
+    mixer_conv = DepthwiseConv2d(dim, 3).to(dev)
     groups = dim // 16
     offsets = torch.randn(batch, height, width, 2 * groups, device=dev, dtype=dtype) * 2
 
@@ -86,6 +89,10 @@ def cases(dim, height, width, batch, dtype, stage):
     return {
         'deformable sample + bias + sort': (with_triton('0', lambda: scan(cf)),
                                             with_triton('1', lambda: scan(cf))),
+        'depthwise conv kxk (offset net)': (with_triton('0', lambda: offset_conv(cf)),
+                                            with_triton('1', lambda: offset_conv(cf))),
+        'depthwise conv 3x3 (token mixer)': (with_triton('0', lambda: mixer_conv(cf)),
+                                             with_triton('1', lambda: mixer_conv(cf))),
         'LayerNorm (B,H,W,C)': (lambda: layer_norm_ref(x, w, b, 1e-5),
                                 lambda: layer_norm_triton(x, w, b, 1e-5, out_dtype=dtype)),
         'offset net LN*scale+GELU': (lambda: layer_norm_ref(cl, w, b, 1e-5, scale, True),

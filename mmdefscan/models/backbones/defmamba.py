@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from ...ops import DeformableScan, LayerNorm, merge_scans_gate, selective_scan_fn
+from ...ops import (DeformableScan, DepthwiseConv2d, LayerNorm, merge_scans_gate,
+                    selective_scan_fn)
 from ...registry import register_backbone
 from ..layers import DropPath, Mlp, Permute, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
@@ -53,7 +54,7 @@ class DeformableSSM(nn.Module):
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         k = self.directions
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
+        self.conv2d = DepthwiseConv2d(d_inner, 3)
         self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
