@@ -423,6 +423,30 @@ def test_selective_scan_kernel_matches_torch(case):
         assert grad.shape == ref.shape and max_rel_err(grad.cpu(), ref) < 1e-5, name
 
 
+def test_segmented_scan_keeps_the_backward_checkpoints(monkeypatch):
+    """On time-segmented calls the forward's y pass also writes the states the backward starts
+    from, and the backward then runs no forward pass of its own; its gradients are the same bits
+    as from recomputed states. An unsegmented call keeps nothing."""
+    from mmdefscan.ops.kernels import selective_scan_triton as kernels
+    inputs = scan_inputs(2, 8, 3, 150, True)
+    args = [inputs[k].to(DEVICE, torch.float32) for k in ('u', 'delta', 'A', 'B', 'C', 'D',
+                                                          'delta_bias')]
+    y, kept = kernels.scan_fwd(*args, True, segments=3, keep_checkpoints=True)
+    assert kept is not None and kernels.scan_fwd(*args, True, segments=1,
+                                                 keep_checkpoints=True)[1] is None
+    assert torch.equal(y, kernels.scan_fwd(*args, True, segments=3)[0])
+    passes, forward_passes = [], kernels._forward_passes
+    monkeypatch.setattr(kernels, '_forward_passes',
+                        lambda *a, **k: passes.append(1) or forward_passes(*a, **k))
+    dy = torch.randn_like(y)
+    from_kept = kernels.scan_bwd(dy, *args, True, segments=3, ckpt_h=kept)
+    assert not passes
+    recomputed = kernels.scan_bwd(dy, *args, True, segments=3)
+    assert passes == [1]
+    for a, b in zip(from_kept, recomputed):
+        assert torch.equal(a, b)
+
+
 def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
     """selective_scan_fn takes the Triton scan for variable B, C without a gate (DefMamba's
     scans), and keeps the CUDA kernel / exact path for the rest (the one-state scans of

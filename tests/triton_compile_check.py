@@ -61,7 +61,8 @@ def main():
     flags = dict(NP=16, BD=scan.MAX_BD, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True)
     for variant in (dict(HAS_H0=False, WRITE_Y=False, WRITE_CKPT=False, WRITE_SEG=True),
                     dict(HAS_H0=True, WRITE_Y=True, WRITE_CKPT=False, WRITE_SEG=False),
-                    dict(HAS_H0=True, WRITE_Y=False, WRITE_CKPT=True, WRITE_SEG=False)):
+                    dict(HAS_H0=True, WRITE_Y=False, WRITE_CKPT=True, WRITE_SEG=False),
+                    dict(HAS_H0=True, WRITE_Y=True, WRITE_CKPT=True, WRITE_SEG=False)):
         compile_for_sm90(scan._scan_fwd_kernel, dict(**flags, CKPT=scan.CKPT, **variant), 'LN',
                          activations=('U', 'DELTA', 'BM', 'CM', 'Y'))
     for carried in (False, True):

@@ -253,20 +253,24 @@ def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, re
 
 
 class _ScanTriton(torch.autograd.Function):
-    """The Triton forward and backward; the backward recomputes the states (inputs kept only)."""
+    """The Triton forward and backward; the backward recomputes the states from the inputs, or
+    on time-segmented calls from the forward's checkpoints (see ``scan_fwd``)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, segments):
         from .kernels.selective_scan_triton import scan_fwd
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        y, ckpt_h = scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments,
+                             keep_checkpoints=any(ctx.needs_input_grad))
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt_h)
         ctx.delta_softplus, ctx.segments = delta_softplus, segments
-        return scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, segments=segments)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         from .kernels.selective_scan_triton import scan_bwd
-        grads = scan_bwd(dy.contiguous(), *ctx.saved_tensors, ctx.delta_softplus,
-                         segments=ctx.segments)
+        *inputs, ckpt_h = ctx.saved_tensors
+        grads = scan_bwd(dy.contiguous(), *inputs, ctx.delta_softplus, segments=ctx.segments,
+                         ckpt_h=ckpt_h)
         return (*grads, None, None)
 
 

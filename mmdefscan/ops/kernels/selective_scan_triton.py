@@ -428,28 +428,40 @@ def _forward_passes(call, u, delta, A, B, C, D, bias, y=None, ckpt_h=None):
                            WRITE_CKPT=ckpt_h is not None, WRITE_SEG=False, **meta)
 
 
-def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, segments=None):
+def scan_fwd(u, delta, A, B, C, D, delta_bias, softplus, segments=None, keep_checkpoints=False):
     """u, delta (b, channels, L) contiguous; A (channels, N) float32; B, C (b, G, N, L) with unit
     step stride; D, delta_bias (channels,) float32 or None. Returns y (b, channels, L) in u's
-    dtype. ``segments`` overrides the automatic time split (tests)."""
+    dtype, and the backward's checkpoints (or None). ``segments`` overrides the automatic time
+    split (tests).
+
+    ``keep_checkpoints``: where the sequence is cut into segments (detection maps), the pass that
+    writes y also writes the states the backward starts from, so that :func:`scan_bwd` need not
+    run the forward's two passes again; they cost as much memory as an fp32 copy of u (N = 16).
+    Unsegmented calls (classification batches) keep nothing: there the backward's one extra pass
+    is cheaper than holding the states until the backward."""
     call = _Call(u, A, B, D, delta_bias, softplus, segments)
     y = torch.empty_like(u)
-    _forward_passes(call, u, delta, A, B, C, D, delta_bias, y=y)
-    return y
+    ckpt_h = None
+    if keep_checkpoints and call.n_seg > 1:
+        ckpt_h = call.f32(call.rows, call.n_ckpt, call.n_state, device=u.device)
+    _forward_passes(call, u, delta, A, B, C, D, delta_bias, y=y, ckpt_h=ckpt_h)
+    return y, ckpt_h
 
 
-def scan_bwd(dy, u, delta, A, B, C, D, delta_bias, softplus, segments=None):
+def scan_bwd(dy, u, delta, A, B, C, D, delta_bias, softplus, segments=None, ckpt_h=None):
     """Gradients of :func:`scan_fwd` (dy contiguous like u) -> du, d delta (u's dtype), dA
     (float32), dB, dC (B's and C's dtype, contiguous), dD, d delta_bias (float32, or None where
-    the input was None). The states are recomputed: a forward pass stores one every 16 steps.
+    the input was None). The states are recomputed from one every 16 steps: ``ckpt_h``, kept by
+    the forward, or else written here by a forward pass.
     Where batch x channel blocks are fewer than ``WANTED_BWD_PROGRAMS`` the reverse pass is cut
     into time segments (``segments`` overrides the count): the adjoint each segment hands to the
     one before it is found first (its own adjoint from zero, then a carry pass over segments),
     so that all segments run at once."""
     call = _Call(u, A, B, D, delta_bias, softplus, segments)
     dev = u.device
-    ckpt_h = call.f32(call.rows, call.n_ckpt, call.n_state, device=dev)
-    _forward_passes(call, u, delta, A, B, C, D, delta_bias, ckpt_h=ckpt_h)
+    if ckpt_h is None:
+        ckpt_h = call.f32(call.rows, call.n_ckpt, call.n_state, device=dev)
+        _forward_passes(call, u, delta, A, B, C, D, delta_bias, ckpt_h=ckpt_h)
     bd = block_channels(call.cpg, BWD_MAX_BD)
     meta = dict(call.meta, BD=bd, num_warps=BWD_NUM_WARPS)
     n_seg, seg_len = segmentation(call.rows // bd, call.length, CKPT, segments,
