@@ -110,12 +110,29 @@ def test_rpe_table_backward_equals_grid_sample_of_the_resized_table(size):
     torch.manual_seed(0)
     table = torch.randn(5, 7, 7, dtype=torch.float64, requires_grad=True)
     points = (torch.rand(2, *size, 2, dtype=torch.float64) * 2.6 - 1.3).requires_grad_()
-    resized = resize_table(table, *size)[None].expand(2, -1, -1, -1)
+    resized = torch.nn.functional.interpolate(table[None], size=size, mode='bilinear',
+                                              align_corners=False).expand(2, -1, -1, -1)
     out = torch.nn.functional.grid_sample(resized, points, mode='bilinear', align_corners=True)
     grad_out = torch.randn_like(out)
     expected = torch.autograd.grad(out, (table, points), grad_out)
     for got, want in zip(rpe_table_backward(grad_out, table.detach(), points.detach()), expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('size', [(1, 1), (3, 5), (7, 7), (25, 42)])
+def test_rpe_table_resize_is_the_official_interpolation(size):
+    """resize_table (products with the resize rows) equals F.interpolate (bilinear, no corners),
+    values and table gradient, fp64, enlarging and shrinking; under autocast it stays fp32."""
+    table = torch.randn(4, 7, 7, dtype=torch.float64, requires_grad=True)
+    want = torch.nn.functional.interpolate(table[None], size=size, mode='bilinear',
+                                           align_corners=False)[0]
+    got = resize_table(table, *size)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, table, grad)[0],
+                               torch.autograd.grad(want, table, grad)[0], rtol=1e-12, atol=1e-12)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert resize_table(table.detach().float(), *size).dtype == torch.float32
 
 
 def tiny_model(**kwargs):

@@ -190,14 +190,29 @@ class DeformableScan(nn.Module):
 
 
 def resize_table(table, height, width):
-    """The rpe table (D, h, w) resized to the map (D, H, W), official: bilinear, no corners."""
-    return F.interpolate(table[None], size=(height, width), mode='bilinear',
-                         align_corners=False)[0]
+    """The rpe table (D, h, w) resized to the map (D, H, W), official: bilinear, no corners
+    (``F.interpolate``). Computed as rows @ table @ columns^T with the interpolation's own
+    weights (:func:`resize_matrix`): interpolate's backward adds atomically into the 49 cells of
+    each channel, 2.9 ms per Mask R-CNN iteration (round 10's profile); the product's backward
+    is two more small products. In the table's dtype, also under autocast."""
+    rows, columns_t = _resize_matrices(height, width, *table.shape[1:], table.dtype, table.device)
+    with torch.autocast(table.device.type, enabled=False):
+        return torch.matmul(torch.matmul(rows, table), columns_t)
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrices(height, width, table_h, table_w, dtype, device):
+    """(H, h) and (w, W): the resize rows of each axis, built once per map size (outside
+    inference mode, so that training may save them)."""
+    with torch.inference_mode(False):
+        return (resize_matrix(height, table_h, dtype, device),
+                resize_matrix(width, table_w, dtype, device).T.contiguous())
 
 
 def resize_matrix(size, table_size, dtype, device):
-    """(size, table_size): resizing one table axis to ``size`` (as :func:`resize_table`) is a
-    product with this matrix; read off F.interpolate applied to the identity."""
+    """(size, table_size): resizing one table axis to ``size`` as ``F.interpolate`` (bilinear,
+    no corners) does is a product with this matrix; read off F.interpolate applied to the
+    identity."""
     eye = torch.eye(table_size, dtype=dtype, device=device)[None, :, :, None]
     return F.interpolate(eye, size=(size, 1), mode='bilinear', align_corners=False)[0, :, :, 0].T
 
