@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import environ  # noqa: E402
+from benchmark import switched  # noqa: E402
 from mmdefscan.models.backbones.defmamba import ARCH_SETTINGS  # noqa: E402
 from mmdefscan.ops import (DeformableScan, DepthwiseConv2d, layer_norm_ref,  # noqa: E402
                            merge_scans_gate_ref)
@@ -49,7 +49,7 @@ def with_triton(flag, fn):
     """Run fn with the Triton kernels on or off (the switch is read at every call)."""
     def run():
         # every map size on the kernels when they are on (training sends small maps to PyTorch)
-        with environ(MMDEFSCAN_TRITON=flag, MMDEFSCAN_TRITON_MIN_NUMEL='0'):
+        with switched(dict(MMDEFSCAN_TRITON=flag, MMDEFSCAN_TRITON_MIN_NUMEL='0')):
             out = fn()
         return out[0].float().sum() if isinstance(out, tuple) else out
     return run
