@@ -42,6 +42,7 @@ def triton_everywhere(monkeypatch):
     on_cuda_only = [selective_scan_module, depthwise_conv_module]
     for module in modules + (on_cuda_only if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda *args, **kwargs: True)
+    monkeypatch.setenv('MMDEFSCAN_TRITON_MIN_NUMEL', '0')  # the depthwise convs' size rule
 
 
 def test_small_maps_take_the_pytorch_path_only_in_training(monkeypatch):
@@ -199,6 +200,7 @@ def test_depthwise_conv_module_is_a_conv_and_follows_autocast(monkeypatch):
     """Same keys and parameters as nn.Conv2d (checkpoints load either way); under autocast the
     output is in the autocast dtype, within its rounding of the fp32 conv; float64 stays exact."""
     monkeypatch.setattr(depthwise_conv_module, 'use_triton', lambda *args, **kwargs: True)
+    monkeypatch.setattr(depthwise_conv_module, 'MIN_NUMEL', 0)
     routed = []
     monkeypatch.setattr(depthwise_conv_module, 'depthwise_conv2d_triton',
                         lambda *args: routed.append(args[-1]) or depthwise_conv2d_triton(*args))
@@ -213,6 +215,25 @@ def test_depthwise_conv_module_is_a_conv_and_follows_autocast(monkeypatch):
     torch.testing.assert_close(out, plain(x).to(torch.bfloat16))
     torch.testing.assert_close(conv.double()(x.double()), plain.double()(x.double()),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_conv_takes_the_kernels_only_where_they_paid(monkeypatch):
+    """Kernels of 7 x 7 or more on maps of 8 M elements or more; in training only on float32
+    maps (bf16 at a classification batch lost); never float64; the env override sends all."""
+    monkeypatch.setattr(depthwise_conv_module, 'use_triton', lambda *args, **kwargs: True)
+    pays, big = depthwise_conv_module.kernels_pay, depthwise_conv_module.MIN_NUMEL
+
+    def fake_map(numel, dtype=torch.float32):  # what kernels_pay reads of x
+        return SimpleNamespace(numel=lambda: numel, dtype=dtype, requires_grad=True)
+    weight = SimpleNamespace(requires_grad=True)
+    assert pays(fake_map(big), 9, weight) and pays(fake_map(big), 7, weight)
+    assert not pays(fake_map(big), 5, weight) and not pays(fake_map(big - 1), 9, weight)
+    assert not pays(fake_map(big, torch.bfloat16), 9, weight)
+    assert not pays(fake_map(big, torch.float64), 9, weight)
+    with torch.no_grad():
+        assert pays(fake_map(big, torch.bfloat16), 9, weight)
+    monkeypatch.setenv('MMDEFSCAN_TRITON_MIN_NUMEL', '0')
+    assert pays(fake_map(1), 3, weight)
 
 
 def test_layer_norm_module_over_several_dims_stays_exact(triton_everywhere):

@@ -2,19 +2,37 @@
 
 :class:`DepthwiseConv2d` is an ``nn.Conv2d(dim, dim, k, 1, k // 2, groups=dim)`` (same keys,
 init and isinstance checks) whose CUDA forward and backward run
-``kernels/depthwise_conv_triton.py`` on maps of ``TRAIN_MIN_NUMEL`` elements or more; elsewhere
-(CPU, float64, small maps in training, ``MMDEFSCAN_TRITON=0``) it is ``nn.Conv2d``.
+``kernels/depthwise_conv_triton.py`` where they were measured to pay (:func:`kernels_pay`);
+elsewhere (CPU, float64, ``MMDEFSCAN_TRITON=0``, small kernels or maps) it is ``nn.Conv2d``.
 Under autocast the output is in the autocast dtype, as cuDNN's would be; the taps are
 accumulated in float32 from the stored input and float32 weights.
 """
+import os
+
 import torch
 import torch.nn as nn
 
-from ._triton import use_triton
+from ._triton import records_grad, use_triton
 
-# Training takes the kernels from this many elements of x (inference always); see
-# docs/performance.md, round 11.
-TRAIN_MIN_NUMEL = 0
+# bench_kernels.py on the H200 (round 11, ms fwd+bwd PyTorch / Triton): the 9x9 offset conv of
+# Mask R-CNN's stage 0 (2 x 96 x 200 x 336, fp32) 2.94 / 1.66, but in bf16 at DefMamba-S's
+# training batch (64 x 96 x 56 x 56) 4.58 / 5.21; the 7x7 at 64 x 192 x 28 x 28 1.54 / 1.30;
+# 3x3 convs and maps below 8 M elements lost or tied (launch-bound there). Forward alone the
+# kernels won for k >= 7 from 6 M elements on (1.13 / 0.75 ms at 64 x 96 x 56 x 56).
+MIN_NUMEL, MIN_KERNEL_SIZE = 2 ** 23, 7
+
+
+def kernels_pay(x, kernel_size, weight):
+    """Whether the Triton path runs: CUDA with Triton on (``use_triton``), float32 or lower,
+    a kernel of ``MIN_KERNEL_SIZE`` or more on a map of ``MIN_NUMEL`` elements or more, and in
+    training a float32 map (the bf16 training case lost). ``MMDEFSCAN_TRITON_MIN_NUMEL=0`` sends
+    every map to the kernels (A/B benchmarks)."""
+    if x.dtype == torch.float64 or not use_triton(x):
+        return False
+    if os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL') == '0':
+        return True
+    return (kernel_size >= MIN_KERNEL_SIZE and x.numel() >= MIN_NUMEL
+            and (x.dtype == torch.float32 or not records_grad(x, weight)))
 
 
 class _DepthwiseConv2dTriton(torch.autograd.Function):
@@ -56,7 +74,7 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, bias=bias)
 
     def forward(self, x):
-        if x.dtype == torch.float64 or not use_triton(x, TRAIN_MIN_NUMEL):
+        if not kernels_pay(x, self.kernel_size[0], self.weight):
             return super().forward(x)
         out_dtype = (torch.get_autocast_dtype(x.device.type)
                      if torch.is_autocast_enabled(x.device.type) else x.dtype)
