@@ -444,6 +444,22 @@ def test_selective_scan_kernel_matches_torch(case):
         assert grad.shape == ref.shape and max_rel_err(grad.cpu(), ref) < 1e-5, name
 
 
+@pytest.mark.parametrize('programs, length, expected', [
+    (9, 3136, (49, 64)),  # one 224x224 image, stage 0 of DefMamba-S: at most 64 segments
+    (18, 67200, (64, 1056)),  # two Mask R-CNN images, stage 0
+    (144, 1050, (14, 80)),  # stage 3: about as many as make 2112 programs
+    (576, 3136, (1, 3136)),  # a classification batch fills the GPU: no segments
+])
+def test_forward_time_segments(programs, length, expected):
+    """The forward's split: below 264 programs into as many segments as make 2112 programs, at
+    most 64, each a multiple of 16 steps that together cover the sequence."""
+    from mmdefscan.ops.kernels import selective_scan_triton as kernels
+    n_seg, seg_len = kernels.segmentation(programs, length, kernels.SEG_ALIGN,
+                                          below=kernels.SEGMENT_BELOW, most=kernels.MAX_SEGMENTS)
+    assert (n_seg, seg_len) == expected
+    assert (n_seg - 1) * seg_len < length <= n_seg * seg_len
+
+
 def test_segmented_scan_keeps_the_backward_checkpoints(monkeypatch):
     """On time-segmented calls the forward's y pass also writes the states the backward starts
     from, and the backward then runs no forward pass of its own; its gradients are the same bits
