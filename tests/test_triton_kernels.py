@@ -482,6 +482,13 @@ def test_segmented_scan_keeps_the_backward_checkpoints(monkeypatch):
     assert passes == [1]
     for a, b in zip(from_kept, recomputed):
         assert torch.equal(a, b)
+    # the autograd function keeps them when an input needs a gradient
+    u = args[0].clone().requires_grad_()
+    out = selective_scan_triton(u, *args[1:5], D=args[5], delta_bias=args[6],
+                                delta_softplus=True, segments=3)
+    passes.clear()
+    out.backward(dy)
+    assert not passes and torch.equal(u.grad, from_kept[0])
 
 
 def test_selective_scan_routes_only_what_the_kernel_covers(monkeypatch):
