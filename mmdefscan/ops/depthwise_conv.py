@@ -49,10 +49,13 @@ class _DepthwiseConv2dTriton(torch.autograd.Function):
         from .kernels.depthwise_conv_triton import dwconv_fwd, dwconv_wgrad
         x, weight = ctx.saved_tensors
         dy = dy.contiguous()
-        dx = dwconv_fwd(dy, weight, None, x.dtype, flip=True) if ctx.needs_input_grad[0] \
-            else None
-        dw, db = dwconv_wgrad(x, dy, weight.shape[-1])
-        return dx, dw.to(weight.dtype), db.to(weight.dtype) if ctx.has_bias else None, None
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = dwconv_fwd(dy, weight, None, x.dtype, flip=True)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # not for frozen stages
+            dw, db = dwconv_wgrad(x, dy, weight.shape[-1])
+            dw, db = dw.to(weight.dtype), db.to(weight.dtype) if ctx.has_bias else None
+        return dx, dw, db, None
 
 
 def depthwise_conv2d_triton(x, weight, bias=None, out_dtype=None):
