@@ -36,4 +36,9 @@ def use_triton(x, train_min_numel=0) -> bool:
         return False
     if not train_min_numel or not torch.is_grad_enabled():
         return True
-    return x.numel() >= int(os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL', train_min_numel))
+    return x.numel() >= min_numel(train_min_numel)
+
+
+def min_numel(default) -> int:
+    """An op's size threshold, or ``MMDEFSCAN_TRITON_MIN_NUMEL`` when set (0: every size)."""
+    return int(os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL', default))

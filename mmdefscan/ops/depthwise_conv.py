@@ -7,12 +7,10 @@ elsewhere (CPU, float64, ``MMDEFSCAN_TRITON=0``, small kernels or maps) it is ``
 Under autocast the output is in the autocast dtype, as cuDNN's would be; the taps are
 accumulated in float32 from the stored input and float32 weights.
 """
-import os
-
 import torch
 import torch.nn as nn
 
-from ._triton import records_grad, use_triton
+from ._triton import min_numel, records_grad, use_triton
 
 # bench_kernels.py on the H200 (round 11, ms fwd+bwd PyTorch / Triton): the 9x9 offset conv of
 # Mask R-CNN's stage 0 (2 x 96 x 200 x 336, fp32) 2.94 / 1.66, but in bf16 at DefMamba-S's
@@ -25,13 +23,14 @@ MIN_NUMEL, MIN_KERNEL_SIZE = 2 ** 23, 7
 def kernels_pay(x, kernel_size, weight):
     """Whether the Triton path runs: CUDA with Triton on (``use_triton``), float32 or lower,
     a kernel of ``MIN_KERNEL_SIZE`` or more on a map of ``MIN_NUMEL`` elements or more, and in
-    training a float32 map (the bf16 training case lost). ``MMDEFSCAN_TRITON_MIN_NUMEL=0`` sends
-    every map to the kernels (A/B benchmarks)."""
+    training a float32 map (the bf16 training case lost). ``MMDEFSCAN_TRITON_MIN_NUMEL=N``
+    replaces the size, as for the other ops; 0 sends every map to the kernels (A/B benchmarks)."""
     if x.dtype == torch.float64 or not use_triton(x):
         return False
-    if os.environ.get('MMDEFSCAN_TRITON_MIN_NUMEL') == '0':
+    floor = min_numel(MIN_NUMEL)
+    if floor == 0:
         return True
-    return (kernel_size >= MIN_KERNEL_SIZE and x.numel() >= MIN_NUMEL
+    return (kernel_size >= MIN_KERNEL_SIZE and x.numel() >= floor
             and (x.dtype == torch.float32 or not records_grad(x, weight)))
 
 

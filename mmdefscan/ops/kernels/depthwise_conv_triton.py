@@ -79,10 +79,15 @@ def _dwconv_wgrad_kernel(X, DY, PARTIAL, HEIGHT, WIDTH, K: tl.constexpr, BLOCK_H
     tl.store(out + K * K, tl.sum(tl.sum(dy, 1), 0))
 
 
-def _launch(kernel, planes, height, width, *args, **constants):
+def tiles_per_plane(height, width):
+    """Programs per plane, and the tile's rows and columns."""
     block_h, block_w = tile_shape(width)
-    grid = (planes, triton.cdiv(height, block_h) * triton.cdiv(width, block_w))
-    kernel[grid](*args, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4, **constants)
+    return triton.cdiv(height, block_h) * triton.cdiv(width, block_w), block_h, block_w
+
+
+def _launch(kernel, planes, height, width, *args, **constants):
+    tiles, block_h, block_w = tiles_per_plane(height, width)
+    kernel[(planes, tiles)](*args, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4, **constants)
 
 
 def dwconv_fwd(x, weight, bias, out_dtype, flip=False):
@@ -100,8 +105,7 @@ def dwconv_wgrad(x, dy, kernel_size):
     """x, dy (B, C, H, W) contiguous -> (weight gradient (C, 1, k, k), bias gradient (C,)),
     float32."""
     batch, channels, height, width = x.shape
-    block_h, block_w = tile_shape(width)
-    tiles = triton.cdiv(height, block_h) * triton.cdiv(width, block_w)
+    tiles = tiles_per_plane(height, width)[0]
     taps = kernel_size * kernel_size
     partial = torch.empty(batch, channels, tiles, taps + 1, device=x.device, dtype=torch.float32)
     _launch(_dwconv_wgrad_kernel, batch * channels, height, width, x, dy, partial, height, width,
