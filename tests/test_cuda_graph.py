@@ -1,5 +1,5 @@
-"""The backbones' ``cuda_graph=True`` option: eager (and unchanged) on CPU, in eval and on other
-shapes; on CUDA the replayed training step equals the eager one (run on the device)."""
+"""The backbones' ``cuda_graph=True`` option: eager (and unchanged) on CPU, in eval and past its
+number of shapes; on CUDA the replayed training step equals the eager one (run on the device)."""
 import copy
 import pickle
 
@@ -14,10 +14,10 @@ NAMES = ['DefMamba', 'SpatialMamba', 'DAMamba']
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
-def pair(name, device='cpu', **kwargs):
-    """(backbone with cuda_graph=True, the same weights without), tiny, no drop path."""
+def pair(name, device='cpu', cuda_graph=True, **kwargs):
+    """(backbone with cuda_graph, the same weights without), tiny, no drop path."""
     torch.manual_seed(0)
-    graphed = getattr(backbones, name)(arch='tiny', drop_path_rate=0.0, cuda_graph=True,
+    graphed = getattr(backbones, name)(arch='tiny', drop_path_rate=0.0, cuda_graph=cuda_graph,
                                        **kwargs).to(device)
     eager = getattr(backbones, name)(arch='tiny', drop_path_rate=0.0, **kwargs).to(device)
     eager.load_state_dict(graphed.state_dict())
@@ -36,7 +36,7 @@ def test_cuda_graph_option_changes_nothing_on_cpu(name):
     sum(o.sum() for o in outs_eager).backward()
     assert all(torch.equal(a, b) for a, b in zip(outs, outs_eager))
     assert torch.equal(grad, x.grad)
-    assert graphed.cuda_graph.graphed is None  # nothing was captured
+    assert graphed.cuda_graph.graphs == {}  # nothing was captured
 
 
 def test_cuda_graph_option_from_an_mm_config():
@@ -65,13 +65,21 @@ def test_cuda_graph_option_from_an_mm_config():
 
 def test_cuda_graph_copies_and_pickles_without_the_graph():
     """EMA hooks deepcopy the model and checkpoints may pickle it: the copy starts uncaptured."""
-    model = backbones.DefMamba(arch='tiny', cuda_graph=True)
-    model.cuda_graph.key, model.cuda_graph.graphed = 'captured', object()
+    model = backbones.DefMamba(arch='tiny', cuda_graph=3)
+    model.cuda_graph.graphs['captured'] = object()
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert isinstance(clone.cuda_graph, CudaGraphCache) and clone.cuda_graph.graphed is None
+        assert isinstance(clone.cuda_graph, CudaGraphCache) and clone.cuda_graph.graphs == {}
+        assert clone.cuda_graph.max_shapes == 3
     model.release_cuda_graph()
-    assert model.cuda_graph.graphed is None
+    assert model.cuda_graph.graphs == {} and model.cuda_graph.max_shapes == 3
     assert backbones.DefMamba(arch='tiny').cuda_graph is None
+    assert backbones.DefMamba(arch='tiny', cuda_graph=True).cuda_graph.max_shapes == 8
+
+
+@pytest.mark.parametrize('option', [0, -1, 2.5, 'yes'])
+def test_cuda_graph_option_rejects_a_bad_number_of_shapes(option):
+    with pytest.raises(ValueError, match='number of input shapes'):
+        backbones.DefMamba(arch='tiny', cuda_graph=option)
 
 
 def test_cuda_graph_with_checkpointing_is_a_clear_error():
@@ -89,7 +97,8 @@ def projection_loss(outs, weights):
 def test_cuda_graph_trains_like_eager(name, monkeypatch):
     """Three SGD steps with and without the graphs (fp32, TF32 off): the same losses, weight
     updates and BatchNorm statistics (DAMamba's, which the capture's warm-up steps would
-    otherwise move); then a batch of another size and an eval call run eagerly.
+    otherwise move); then a batch of another size (past ``cuda_graph=1``) and an eval call run
+    eagerly.
 
     The backward is not deterministic (atomic adds in the grid sampler's and the convs' weight
     gradients), and three SGD steps amplify that: a conv bias in front of a norm has a zero true
@@ -102,7 +111,7 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
     difference from eager (round 9)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
-    graphed, eager = pair(name, 'cuda')
+    graphed, eager = pair(name, 'cuda', cuda_graph=1)
     eager_runs = [copy.deepcopy(eager) for _ in range(2)]
     x = torch.randn(4, 3, 128, 128, device='cuda')
     with torch.no_grad():
@@ -123,7 +132,7 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
     losses, losses_graphed = train(eager), train(graphed)
     for model in eager_runs:
         train(model)
-    assert graphed.cuda_graph.graphed is not None
+    assert len(graphed.cuda_graph.graphs) == 1
     assert losses_graphed == pytest.approx(losses, rel=1e-4, abs=1e-7)
     for key, a in graphed.state_dict().items():
         b = eager.state_dict()[key]
@@ -138,6 +147,7 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
             assert torch.equal(a, b), key  # BatchNorm's num_batches_tracked
     eager.load_state_dict(graphed.state_dict())
     small, small_eager = graphed(x[:2]), eager(x[:2])  # another shape: eager
+    assert len(graphed.cuda_graph.graphs) == 1
     assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(small, small_eager))
     with torch.no_grad():
         outs, outs_eager = graphed.eval()(x), eager.eval()(x)
@@ -168,9 +178,35 @@ def test_cuda_graph_under_bf16_autocast(name):
     loss_bf16, grads_bf16 = step(eager, torch.bfloat16)
     step(graphed, torch.bfloat16)  # captures
     loss_graph, grads_graph = step(graphed, torch.bfloat16)  # replays
-    assert graphed.cuda_graph.key[3] == torch.bfloat16
+    assert [key[3] for key in graphed.cuda_graph.graphs] == [torch.bfloat16]
     assert (loss_graph - loss_bf16).abs() <= 0.5 * (loss_bf16 - loss_fp32).abs()
     assert (grads_graph - grads_bf16).norm() <= 0.5 * (grads_bf16 - grads_fp32).norm()
+
+
+@cuda
+@pytest.mark.parametrize('name', NAMES)
+def test_cuda_graph_replays_several_shapes_and_accumulates(name, monkeypatch):
+    """Two input shapes taking turns (A, B, A, B: A replays after B was captured into the
+    shared pool), gradients accumulated over the four backwards without zero_grad: the same
+    gradients as eager (fp32, TF32 off). Overwritten buffers or a lost accumulation are off by
+    O(1); the bar is 1e-4 of each gradient's largest value (or of 1e-3 of the model's)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    graphed, eager = pair(name, 'cuda')
+    inputs = [torch.randn(2, 3, 128, 128, device='cuda'), torch.randn(2, 3, 96, 160, device='cuda')]
+
+    def accumulate(model):
+        model.train().zero_grad(set_to_none=True)
+        for x in inputs * 2:
+            sum(o.float().pow(2).mean() for o in model(x)).backward()
+        return [p.grad for p in model.parameters()]
+    grads, graph_grads = accumulate(eager), accumulate(graphed)
+    assert len(graphed.cuda_graph.graphs) == 2
+    floor = 1e-3 * max(float(g.abs().max()) for g in grads if g is not None)
+    for (key, _), a, b in zip(graphed.named_parameters(), graph_grads, grads):
+        assert (a is None) == (b is None), key
+        if b is not None:
+            assert float((a - b).abs().max()) <= 1e-4 * max(float(b.abs().max()), floor), key
 
 
 class _Replay(torch.autograd.Function):
@@ -196,7 +232,7 @@ def test_a_second_forward_before_the_backward_runs_eagerly(monkeypatch):
         replays.append(x)
         return _Replay.apply(*model.forward_eager(x))
     x = torch.randn(1, 3, 32, 32)
-    cache.graphed, cache.key = replay, cache.state(model, x)
+    cache.graphs[cache.state(model, x)] = replay
     monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
     first = model(x)
     second = model(x)
@@ -209,3 +245,73 @@ def test_a_second_forward_before_the_backward_runs_eagerly(monkeypatch):
     assert not cache.in_use()
     model(x)
     assert len(replays) == 3
+
+
+def test_cuda_graph_captures_each_new_input_up_to_its_number(monkeypatch):
+    """Detection batches come in several padded shapes: each new one is captured until
+    ``cuda_graph=N`` graphs exist, a known one replays its own graph, and later new ones run
+    eagerly."""
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=2).train()
+    cache = model.cuda_graph
+    captured, replayed = [], []
+
+    def capture(backbone, x, key):
+        captured.append(tuple(x.shape))
+        return lambda x: replayed.append(tuple(x.shape)) or _Replay.apply(
+            *backbone.forward_eager(x))
+    monkeypatch.setattr(cache, 'capture', capture)
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
+    shapes = [(1, 3, 32, 32), (1, 3, 32, 64), (1, 3, 32, 32), (1, 3, 64, 32), (1, 3, 32, 64)]
+    for shape in shapes:
+        x = torch.randn(shape)
+        outs = model(x)
+        sum(o.sum() for o in outs).backward()
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs, model.forward_eager(x)))
+    assert captured == shapes[:2]
+    assert replayed == [shapes[0], shapes[1], shapes[0], shapes[4]]  # the third shape: eager
+    assert 'full' in cache.reported
+
+
+class _StaticGradients(torch.autograd.Function):
+    """Stands in for make_graphed_callables' node: every backward writes the same buffer (the
+    graph's static gradient) and returns it detached."""
+
+    @staticmethod
+    def forward(ctx, x, weight, buffer):
+        ctx.save_for_backward(x)
+        ctx.buffer = buffer
+        return x * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        ctx.buffer.copy_((grad * x).sum(0))
+        return None, ctx.buffer.detach(), None
+
+
+class _Linear(torch.nn.Module):
+    """A one-weight "backbone" for :class:`CudaGraphCache` on CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+
+    def forward_eager(self, x):
+        return (x * self.weight,)
+
+
+def test_replayed_gradients_accumulate(monkeypatch):
+    """Gradient accumulation (mmengine's ``accumulative_counts``) over replays: autograd would
+    keep the graph's static gradient buffer as ``.grad``, and the next replay would overwrite
+    the sum. The cache hands copies to autograd, so two backwards add up."""
+    backbone = _Linear().train()
+    cache = CudaGraphCache()
+    buffer = torch.zeros(3)
+    monkeypatch.setattr(cache, 'capture', lambda backbone, x, key: lambda x: (
+        _StaticGradients.apply(x, backbone.weight, buffer),))
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
+    x1, x2 = torch.tensor([[1., 2., 3.]]), torch.tensor([[10., 20., 30.]])
+    for x in (x1, x2):
+        cache(backbone, x)[0].sum().backward()
+    assert torch.equal(backbone.weight.grad, (x1 + x2)[0])
+    assert backbone.weight.grad.data_ptr() != buffer.data_ptr()

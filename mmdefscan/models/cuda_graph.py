@@ -1,22 +1,28 @@
 """Opt-in CUDA graphs for a backbone's training forward and backward (``cuda_graph=True``).
 
 A DefMamba training step launches a few hundred small kernels per block, and on an H200 the
-host cannot issue them as fast as the GPU runs them (docs/performance.md, round 4). Where the
-input shape is static (classification, segmentation crops) the backbone's forward and backward
-can be captured once with ``torch.cuda.make_graphed_callables`` and replayed: one launch each.
-The heads, the loss and the optimizer stay eager, so any mm config, AMP wrapper, gradient clip
-or optimizer works unchanged.
+host cannot issue them as fast as the GPU runs them (docs/performance.md, round 4). For a given
+input shape the backbone's forward and backward can be captured once with
+``torch.cuda.make_graphed_callables`` and replayed: one launch each. The heads, the loss and the
+optimizer stay eager, so any mm config, AMP wrapper, gradient clip, gradient accumulation or
+optimizer works unchanged.
 
-What runs the graph: a training-mode forward with grad enabled, on CUDA, with the input shape,
-dtype, autocast dtype and trainable parameters (and input ``requires_grad``) of the first such
-call. Anything else (eval, no_grad, another shape such as a smaller last batch) runs eagerly;
-the first such input is reported in the log.
-The capture itself runs three eager warm-up steps; BatchNorm statistics are restored after them.
-Outputs and saved activations live in the graph's static buffers until the next replay, so a
-second forward before the first one's backward (two views of a self-supervised method) runs
-eagerly. Run on one GPU; under DistributedDataParallel the parameter gradients reach its hooks
-through autograd as usual, but that combination has not been run.
+What runs a graph: a training-mode forward with grad enabled, on CUDA, whose input shape, dtype,
+autocast dtype and trainable parameters (and input ``requires_grad``) were seen before. The
+first ``max_shapes`` such inputs (``cuda_graph=True``: 8, ``cuda_graph=N``: N) are captured
+when they first come: classification and segmentation crops need one, a detector's padded
+batches come in several (how many of a COCO schedule's batches replay depends on its shapes;
+not measured here).
+All graphs share one memory pool, so their activations cost the largest one's, not the sum;
+each keeps its own outputs and parameter gradients. Anything else (eval, no_grad, shapes past
+the limit) runs eagerly; the first such input is reported in the log.
+Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
+Outputs and saved activations live in the graphs' pool until the next replay, so a second
+forward before the first one's backward (two views of a self-supervised method) runs eagerly.
+Run on one GPU; under DistributedDataParallel the parameter gradients reach its hooks through
+autograd as usual, but that combination has not been run.
 """
+import time
 import weakref
 
 import torch
@@ -43,25 +49,39 @@ class _EagerForward(nn.Module):
         return self.backbone.forward_eager(x)
 
 
-class CudaGraphCache:
-    """The captured forward + backward of one backbone and the state it was captured for."""
+DEFAULT_MAX_SHAPES = 8
 
-    def __init__(self):
-        self.key = None
-        self.graphed = None
+
+class CudaGraphCache:
+    """The captured forwards + backwards of one backbone, one per input state, in one pool."""
+
+    def __init__(self, max_shapes=DEFAULT_MAX_SHAPES):
+        if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
+            raise ValueError(f'cuda_graph: expected True or a number of input shapes >= 1, '
+                             f'got {max_shapes!r}')
+        self.max_shapes = max_shapes
+        self.graphs = {}  # state() -> graphed forward
+        self.pool = None  # the memory pool all captures share
         self.reported = set()
         self.node = None  # weak reference to the autograd node of the last replay
         self.backward_ran = True
 
-    # a copied model (EMA hooks deepcopy it) or a pickled one captures its own graph
+    @classmethod
+    def from_option(cls, cuda_graph):
+        """The backbones' ``cuda_graph`` argument: False / None, True, or a number of shapes."""
+        if cuda_graph is None or cuda_graph is False:
+            return None
+        return cls() if cuda_graph is True else cls(cuda_graph)
+
+    # a copied model (EMA hooks deepcopy it) or a pickled one captures its own graphs
     def __deepcopy__(self, memo):
-        return CudaGraphCache()
+        return CudaGraphCache(self.max_shapes)
 
     def __getstate__(self):
-        return {}
+        return {'max_shapes': self.max_shapes}
 
     def __setstate__(self, state):
-        self.__init__()
+        self.__init__(state.get('max_shapes', DEFAULT_MAX_SHAPES))
 
     @staticmethod
     def applies(backbone, x):
@@ -79,7 +99,14 @@ class CudaGraphCache:
         return self.node is not None and self.node() is not None and not self.backward_ran
 
     def _backward_done(self, grad_inputs, grad_outputs):
+        """Post-hook of a replay's backward node. The graph returns its static gradient buffers,
+        and autograd would keep them as the parameters' ``.grad``: the next replay would then
+        overwrite a gradient still being accumulated (``accumulative_counts``). Hand over
+        copies, made by one multi-tensor kernel."""
         self.backward_ran = True
+        present = [g for g in grad_inputs if g is not None]
+        copies = iter(torch._foreach_mul(present, 1.0) if present else ())
+        return tuple(None if g is None else next(copies) for g in grad_inputs)
 
     def report_once(self, backbone, reason, message):
         if reason not in self.reported:
@@ -87,19 +114,22 @@ class CudaGraphCache:
             print_log(f'{type(backbone).__name__}: {message}', logger='current')
 
     def __call__(self, backbone, x):
-        key = self.state(backbone, x)
-        if self.graphed is None:
-            self.capture(backbone, x, key)
-        if key != self.key:  # reported once: detection inputs would repeat it every batch
-            self.report_once(backbone, 'other input', f'cuda_graph was captured for input '
-                             f'{self.key[:2]} with autocast {self.key[3]}; this call '
-                             f'({key[:2]}, autocast {key[3]}) and any other input run eagerly')
-            return backbone.forward_eager(x)
         if self.in_use():
             self.report_once(backbone, 'in use', 'a second forward before the backward of the '
-                             "first: it runs eagerly (the graph's buffers hold the first)")
+                             "first: it runs eagerly (the graphs' buffers hold the first)")
             return backbone.forward_eager(x)
-        outs = self.graphed(x)
+        key = self.state(backbone, x)
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            if len(self.graphs) >= self.max_shapes:  # reported once: it may come every batch
+                shapes = ', '.join(f'{k[0]} autocast {k[3]}' for k in self.graphs)
+                self.report_once(backbone, 'full', f'cuda_graph holds graphs for '
+                                 f'{self.max_shapes} inputs ({shapes}); this call ({key[0]}, '
+                                 f'autocast {key[3]}) and any other new input run eagerly '
+                                 '(cuda_graph=N keeps N)')
+                return backbone.forward_eager(x)
+            graphed = self.graphs[key] = self.capture(backbone, x, key)
+        outs = graphed(x)
         node = outs[0].grad_fn
         if node is not None:
             self.node, self.backward_ran = weakref.ref(node), False
@@ -107,19 +137,23 @@ class CudaGraphCache:
         return outs
 
     def capture(self, backbone, x, key):
+        """The graphed forward of ``backbone`` for inputs like ``x`` (in the shared pool)."""
         if getattr(backbone, 'with_cp', False):
             raise ValueError(f'{type(backbone).__name__}: cuda_graph=True cannot be combined with '
                              'with_cp=True (the graph already saves the launches; checkpointing '
                              'would recompute inside it)')
         # the warm-up steps update BatchNorm statistics: put them back afterwards
         buffers = [(b, b.clone()) for b in backbone.buffers()]
-        autocast = key[3]
+        autocast, start = key[3], time.perf_counter()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         try:
             with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
                                 cache_enabled=False):
-                self.graphed = torch.cuda.make_graphed_callables(
+                graphed = torch.cuda.make_graphed_callables(
                     _EagerForward(backbone),
-                    (x.detach().clone().requires_grad_(x.requires_grad),), allow_unused_input=True)
+                    (x.detach().clone().requires_grad_(x.requires_grad),), allow_unused_input=True,
+                    pool=self.pool)
         except RuntimeError as err:
             raise RuntimeError(f'{type(backbone).__name__}: capturing the CUDA graphs failed '
                                f'({str(err).splitlines()[0]}); build it with cuda_graph=False') \
@@ -127,7 +161,9 @@ class CudaGraphCache:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
-        self.key = key
         print_log(f'{type(backbone).__name__}: captured the training forward and backward in '
-                  f'CUDA graphs for input {tuple(x.shape)} {x.dtype}, autocast {autocast}',
+                  f'CUDA graphs for input {tuple(x.shape)} {x.dtype}, autocast {autocast} '
+                  f'in {time.perf_counter() - start:.1f} s ({len(self.graphs) + 1} of at most '
+                  f'{self.max_shapes} inputs)',
                   logger='current')
+        return graphed

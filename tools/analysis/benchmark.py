@@ -13,9 +13,10 @@ the median of ``--iters`` runs after ``--warmup``. ``--compile`` runs every mode
 inference step and whole training step (forward, backward, AdamW) in a CUDA graph and times its
 replays, which takes the host's launch work out of the classification rows (training on the
 H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds our backbones
-(and those of the ``--segmentor`` configs) with ``cuda_graph=True``, what a user can switch on
-for static shapes: only their training forward + backward replay from graphs, the rest of the
-step stays eager, and the peers stay eager. ``--ab NAME=VALUE ...`` (alias ``--ab-env``)
+with ``cuda_graph=True``, what a user can switch on: only their training forward + backward
+replay from graphs, the rest of the step stays eager, and the peers stay eager; our
+``--detector`` / ``--segmentor`` configs then run twice, eagerly and with the graphs (rows
+``+bbgraphs``), taking turns with the other configs. ``--ab NAME=VALUE ...`` (alias ``--ab-env``)
 measures each of our models (and our detector / segmentor configs) without and with these
 switches set: environment variables, or module attributes by dotted name
 (``mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=264``, a Python literal); rows
@@ -117,13 +118,15 @@ class Timer:
         """(median seconds, median host seconds, peak GiB or nan) of each of ``fns``, called in
         turn at every iteration: the arms of an A/B see the same drift of the device's host,
         which moves runs made one after the other by 10-20%. ``kept``: for each arm, a function
-        giving the bytes its model keeps between steps; the peak is then that plus what the
-        step allocated above the memory in use when it began (other arms' models excluded)."""
+        giving the bytes its model keeps between steps (read before each step); the peak is
+        then that plus what the step allocated above the memory in use when it began (other
+        arms' models excluded)."""
         times, host = [[] for _ in fns], [[] for _ in fns]
         peak = [float('nan') if not self.cuda else 0.0 for _ in fns]
         for i in range(warmup + iters):
             for k, fn in enumerate(fns):
                 if self.cuda:
+                    kept_now = kept[k]() if kept else 0
                     torch.cuda.reset_peak_memory_stats()
                     in_use = torch.cuda.memory_allocated() if kept else 0
                     start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
@@ -134,8 +137,7 @@ class Timer:
                 if self.cuda:
                     end.record()
                     torch.cuda.synchronize()
-                    step_peak = torch.cuda.max_memory_allocated() - in_use
-                    step_peak += kept[k]() if kept else 0
+                    step_peak = torch.cuda.max_memory_allocated() - in_use + kept_now
                     peak[k] = max(peak[k], step_peak / 2**30)
                 if i >= warmup:  # the warm-up counts for the peak only (a graph's capture)
                     host[k].append(returned)
@@ -286,10 +288,21 @@ def build_downstream(config, kind, device, cuda_graph=False):
 
 def kept_bytes(model, optimizer):
     """Bytes a model keeps between training steps: weights, buffers, optimizer state (the
-    gradients are freed by ``zero_grad``)."""
+    gradients are freed by ``zero_grad``), and its backbone's CUDA-graph pool."""
     tensors = [*model.parameters(), *model.buffers()] + [
         t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in tensors) + graph_pool_bytes(
+        getattr(model, 'backbone', model))
+
+
+def graph_pool_bytes(backbone):
+    """Bytes of an mmdefscan backbone's CUDA-graph pool that no tensor holds: the replays write
+    their activations there, and ``memory_allocated`` does not count them."""
+    cache = getattr(backbone, 'cuda_graph', None)
+    if cache is None or cache.pool is None:
+        return 0
+    return sum(s['total_size'] - s['allocated_size'] for s in torch.cuda.memory_snapshot()
+               if tuple(s['segment_pool_id']) == tuple(cache.pool))
 
 
 def training_iteration(model, x, samples, optimizer, device, dtype):
@@ -306,13 +319,11 @@ def training_iteration(model, x, samples, optimizer, device, dtype):
 
 def bench_downstream(entries, args, device, timer):
     """Seconds per training iteration of full detectors / segmentors on random data, per dtype:
-    every (config, A/B arm) of ``entries`` ((config, kind, arms)) takes its turn at every
-    iteration, as in :func:`bench_classification`. The peak is each model's own: its weights and
+    every (config, A/B arm) of ``entries`` ((config, kind, arms, cuda_graph)) takes its turn at
+    every iteration, as in :func:`bench_classification`. The peak is each model's own: its weights and
     optimizer state, and what its step allocates above the memory in use when it begins."""
     built = []
-    for config, kind, arms in entries:
-        # detection inputs change shape from batch to batch: graphs for the segmentors only
-        use_graphs = args.backbone_graphs and kind == 'seg' and device.type == 'cuda'
+    for config, kind, arms, use_graphs in entries:
         model, x, samples = build_downstream(config, kind, device, use_graphs)
         built.append((config, arms, model, x, samples, torch.optim.AdamW(model.parameters(),
                                                                           lr=1e-4)))
@@ -409,7 +420,11 @@ def main():
                                      device, timer)
     downstream = []
     for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
-        entries = [(config, kind, ab_runs('::' not in config, args)) for config in configs]
+        entries = [(config, kind, ab_runs('::' not in config, args), False)
+                   for config in configs]
+        if args.backbone_graphs and device.type == 'cuda':
+            entries += [(config, kind, [({}, '')], True) for config in configs
+                        if '::' not in config]
         for group in ([entries] if args.paired and entries else [[e] for e in entries]):
             try:  # one broken config (a missing package, an op without a dtype) skips its rows
                 downstream += bench_downstream(group, args, device, timer)

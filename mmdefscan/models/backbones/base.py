@@ -12,8 +12,8 @@ class ScanBackbone(BaseModule):
     """Base of the backbones. Subclasses set the class attributes below and ``self.frozen_stages``
     and implement ``_frozen_modules(stage)`` (stage -1 = stem) and ``forward_eager(x)``.
 
-    ``cuda_graph=True``: training steps on CUDA replay the backbone's forward and backward from
-    CUDA graphs captured at the first step (static input shapes only; see ``cuda_graph.py``)."""
+    ``cuda_graph=True`` (or N): training steps on CUDA replay the backbone's forward and backward
+    from CUDA graphs, captured for the first 8 (N) input shapes (see ``cuda_graph.py``)."""
 
     in_channels = 3
     head_prefixes = ()  # classification-head keys dropped when loading an ImageNet checkpoint
@@ -21,7 +21,7 @@ class ScanBackbone(BaseModule):
 
     def __init__(self, init_cfg=None, cuda_graph=False):
         super().__init__(init_cfg=init_cfg)
-        self.cuda_graph = CudaGraphCache() if cuda_graph else None
+        self.cuda_graph = CudaGraphCache.from_option(cuda_graph)
 
     def forward(self, x):
         self._check_input(x)
@@ -33,10 +33,9 @@ class ScanBackbone(BaseModule):
         raise NotImplementedError
 
     def release_cuda_graph(self):
-        """Drop the captured graphs and their memory; the next training step captures again
-        (for a new input shape or autocast dtype, which would otherwise run eagerly)."""
+        """Drop the captured graphs and their memory; training steps capture again."""
         if self.cuda_graph is not None:
-            self.cuda_graph = CudaGraphCache()
+            self.cuda_graph = CudaGraphCache(self.cuda_graph.max_shapes)
 
     def init_weights(self):
         cfg = self.init_cfg

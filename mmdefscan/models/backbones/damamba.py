@@ -248,8 +248,8 @@ class DAMamba(ScanBackbone):
         frozen_stages: -1 none; 0 the stem; k the stem and stages 0..k-1 (with their norms).
         drop_path_rate: stochastic depth; defaults to the variant's downstream value.
         with_cp: activation checkpointing per block (BatchNorm statistics move once, as without).
-        cuda_graph: replay the training forward + backward from CUDA graphs (static input
-            shapes: classification, segmentation crops; see ``mmdefscan/models/cuda_graph.py``).
+        cuda_graph: replay the training forward + backward from CUDA graphs, captured for the
+            first 8 input shapes (an int N: N shapes); see ``mmdefscan/models/cuda_graph.py``.
         norm_cfg: the BatchNorms of stem, downsampling and blocks; official ``SyncBN`` by default,
             which is plain BatchNorm without a process group (see :func:`build_norm`).
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly; official

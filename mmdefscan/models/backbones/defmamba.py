@@ -136,8 +136,8 @@ class DefMamba(ChannelsLastBackbone):
         frozen_stages: -1 none; 0 the stem; k the stem and stages 0..k-1.
         drop_path_rate: stochastic depth; defaults to the variant's ImageNet value.
         with_cp: activation checkpointing per block (saves memory, costs a recompute).
-        cuda_graph: replay the training forward + backward from CUDA graphs (static input
-            shapes: classification, segmentation crops; see ``mmdefscan/models/cuda_graph.py``).
+        cuda_graph: replay the training forward + backward from CUDA graphs, captured for the
+            first 8 input shapes (an int N: N shapes); see ``mmdefscan/models/cuda_graph.py``.
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly.
         **official_kwargs: the official ``MM_VSSM`` keywords (``dims``, ``depths``,
             ``ssm_d_state``, ``ssm_ratio``, ``ssm_dt_rank``, ``mlp_ratio``, ``pretrained``, ...),

@@ -197,8 +197,8 @@ class SpatialMamba(ChannelsLastBackbone):
             downsampling and output norms).
         drop_path_rate: stochastic depth; defaults to the variant's ImageNet value.
         with_cp: activation checkpointing per block (saves memory, costs a recompute).
-        cuda_graph: replay the training forward + backward from CUDA graphs (static input
-            shapes: classification, segmentation crops; see ``mmdefscan/models/cuda_graph.py``).
+        cuda_graph: replay the training forward + backward from CUDA graphs, captured for the
+            first 8 input shapes (an int N: N shapes); see ``mmdefscan/models/cuda_graph.py``.
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly; official
             ImageNet checkpoints (``'model'`` with ``norm.*`` / ``head.*``, no output norms) load
             as they are.
