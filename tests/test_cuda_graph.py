@@ -189,7 +189,9 @@ def test_cuda_graph_replays_several_shapes_and_accumulates(name, monkeypatch):
     """Two input shapes taking turns (A, B, A, B: A replays after B was captured into the
     shared pool), gradients accumulated over the four backwards without zero_grad: the same
     gradients as eager (fp32, TF32 off). Overwritten buffers or a lost accumulation are off by
-    O(1); the bar is 1e-4 of each gradient's largest value (or of 1e-3 of the model's)."""
+    a quarter or more (one of four terms); the bar is 1e-2 of each gradient's largest value (or
+    of 1e-3 of the model's). Run-to-run noise reached 1.7e-4 (the first conv's weight on the
+    device: atomic adds in its weight gradient), so a bar of 1e-4 failed on noise."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     graphed, eager = pair(name, 'cuda')
@@ -206,7 +208,23 @@ def test_cuda_graph_replays_several_shapes_and_accumulates(name, monkeypatch):
     for (key, _), a, b in zip(graphed.named_parameters(), graph_grads, grads):
         assert (a is None) == (b is None), key
         if b is not None:
-            assert float((a - b).abs().max()) <= 1e-4 * max(float(b.abs().max()), floor), key
+            assert float((a - b).abs().max()) <= 1e-2 * max(float(b.abs().max()), floor), key
+
+
+@cuda
+def test_replayed_gradients_are_not_the_graphs_buffers():
+    """After a replayed backward, another replay (a gradient for the input only, nothing
+    accumulated) must leave ``.grad`` alone. Without the cache's copies, autograd kept the
+    graph's static buffers as 321 of DefMamba-T's 325 gradients (device, round 12)."""
+    torch.manual_seed(0)
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).cuda().train()
+    x1, x2 = (torch.randn(2, 3, 128, 128, device='cuda', requires_grad=True) for _ in range(2))
+    sum(o.pow(2).mean() for o in model(x1)).backward()
+    grads = {key: p.grad.clone() for key, p in model.named_parameters()}
+    torch.autograd.grad(sum(o.pow(2).mean() for o in model(x2)), x2)
+    assert len(model.cuda_graph.graphs) == 1
+    for key, p in model.named_parameters():
+        assert torch.equal(p.grad, grads[key]), key
 
 
 class _Replay(torch.autograd.Function):

@@ -265,3 +265,43 @@ def test_device_benchmarks_import_and_parse_on_cpu(script):
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith('usage:')
+
+
+def test_benchmark_feeds_the_detectors_several_shapes_in_turn(monkeypatch, tmp_path):
+    """benchmark.py --det-shapes: every arm of every detector takes the batches' shapes in the
+    same order (so the A/B arms see the same shapes), and the rows name the shapes."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    seen = []
+
+    class Detector(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config, self.backbone = config, torch.nn.Linear(1, 1)
+
+        def loss(self, x, samples):
+            seen.append((self.config, os.environ.get('BENCH_ARM'), tuple(x.shape[2:])))
+            return dict(loss=self.backbone(x.mean((1, 2, 3))[:, None]).square().mean())
+
+        def parse_losses(self, losses):
+            return losses['loss'], {}
+    monkeypatch.setattr(benchmark, 'build_downstream', lambda config, kind, device, graphs: (
+        Detector(config), torch.randn(2, 3, 5, 4), None))
+    monkeypatch.setattr(benchmark, 'downstream_batch', lambda kind, device, shape: (
+        torch.randn(2, 3, *shape), None))
+    out = tmp_path / 'rows.json'
+    monkeypatch.setattr(sys, 'argv', [
+        'benchmark.py', '--models', '--detector', 'ours.py', 'mmdet::peer.py', '--paired',
+        '--det-shapes', '8x12', '12x8', '--downstream-dtypes', 'fp32', '--iters', '2',
+        '--warmup', '1', '--ab', 'BENCH_ARM=b', '--json', str(out)])
+    benchmark.main()
+    turns = [('ours.py', None), ('ours.py', 'b'), ('mmdet::peer.py', None)]
+    shapes = [(8, 12), (12, 8), (8, 12)]
+    assert seen == [(*turn, shape) for shape in shapes for turn in turns]
+    rows = json.loads(out.read_text())['downstream']
+    assert [r['shape'] for r in rows] == ['8x12 12x8'] * 3

@@ -3,7 +3,8 @@
     python tools/analysis/benchmark.py [--models DefMamba-T DefMamba-S Swin-T ...]
         [--batch 128] [--train-batch 64] [--dtypes fp32 bf16] [--iters 10] [--warmup 3]
         [--compile] [--cuda-graphs] [--backbone-graphs] [--detector CONFIG ...]
-        [--segmentor CONFIG ...] [--paired] [--ab NAME=VALUE ...] [--json out.json]
+        [--segmentor CONFIG ...] [--det-shapes HxW ...] [--paired] [--ab NAME=VALUE ...]
+        [--json out.json]
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
@@ -24,12 +25,15 @@ switches set: environment variables, or module attributes by dotted name
 drift of the device's host (runs in separate processes differ by up to 20%, runs one after the
 other in one process by 10-20%). ``--paired`` does the same for the detectors (and for the
 segmentors): all their iterations take turns, so the ratio to the peer's config is measured on
-the same host. A markdown table is printed last.
+the same host. ``--det-shapes`` feeds the detectors batches of several padded shapes in turn
+(as mmdet's keep-ratio resize does), instead of one of 800x1344. A markdown table is printed
+last.
 """
 import argparse
 import ast
 import contextlib
 import importlib
+import itertools
 import json
 import os
 import statistics
@@ -257,17 +261,25 @@ def build_downstream(config, kind, device, cuda_graph=False):
     if cuda_graph and cfg.model.backbone.type.startswith('mmdefscan.'):
         cfg.model.backbone.cuda_graph = True
     model = registry.build(cfg.model).to(device).train()
+    return (model, *downstream_batch(kind, device))
+
+
+def downstream_batch(kind, device, shape=None):
+    """(images, data samples) of a detector's batch (2 images, ``shape`` or 800x1344, two boxes
+    and masks each, cut to the image) or a segmentor's (8 of 512x512), random."""
     if kind == 'det':
         from mmdet.structures import DetDataSample
         from mmdet.structures.mask import BitmapMasks
         from mmengine.structures import InstanceData
-        batch, (h, w) = 2, (800, 1344)
+        batch, (h, w) = 2, shape or (800, 1344)
         samples = []
         for _ in range(batch):
             s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                                             batch_input_shape=(h, w), scale_factor=(1., 1.)))
             boxes = torch.tensor([[100., 100., 400., 300.], [500., 200., 900., 700.]],
                                  device=device)
+            boxes[:, 0::2].clamp_(max=w - 1)  # inside a smaller --det-shapes image
+            boxes[:, 1::2].clamp_(max=h - 1)
             masks = torch.zeros(2, h, w, dtype=torch.bool)
             masks[0, 100:300, 100:400] = True
             masks[1, 200:700, 500:900] = True
@@ -283,7 +295,7 @@ def build_downstream(config, kind, device, cuda_graph=False):
             s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
             s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w), device=device))
             samples.append(s)
-    return model, torch.randn(batch, 3, h, w, device=device), samples
+    return torch.randn(batch, 3, h, w, device=device), samples
 
 
 def kept_bytes(model, optimizer):
@@ -305,10 +317,13 @@ def graph_pool_bytes(backbone):
                if tuple(s['segment_pool_id']) == tuple(cache.pool))
 
 
-def training_iteration(model, x, samples, optimizer, device, dtype):
+def training_iteration(model, batches, optimizer, device, dtype):
     """One training iteration of a detector / segmentor under ``dtype``'s autocast, AdamW step
-    included."""
+    included, on the next of ``batches`` ((images, data samples), taken in turn)."""
+    batches = itertools.cycle(batches)
+
     def step():
+        x, samples = next(batches)
         with autocast(device, dtype):
             loss, _ = model.parse_losses(model.loss(x, samples))
         loss.backward()
@@ -325,23 +340,26 @@ def bench_downstream(entries, args, device, timer):
     built = []
     for config, kind, arms, use_graphs in entries:
         model, x, samples = build_downstream(config, kind, device, use_graphs)
-        built.append((config, arms, model, x, samples, torch.optim.AdamW(model.parameters(),
-                                                                          lr=1e-4)))
+        batches = [(x, samples)]
+        if kind == 'det' and args.det_shapes:
+            batches = [downstream_batch(kind, device, shape) for shape in args.det_shapes]
+        built.append((config, arms, model, batches, torch.optim.AdamW(model.parameters(),
+                                                                       lr=1e-4)))
     rows = []
     for dtype in args.downstream_dtypes:
         fns, kept, labels = [], [], []
-        for config, arms, model, x, samples, optimizer in built:
+        for config, arms, model, batches, optimizer in built:
             graphed = release_backbone_graph(model.backbone)
-            step = training_iteration(model, x, samples, optimizer, device, dtype)
-            for settings, label in arms:
+            for settings, label in arms:  # each arm takes the shapes in the same order
+                step = training_iteration(model, batches, optimizer, device, dtype)
                 fns.append(in_arm(step, settings))
                 kept.append(lambda m=model, o=optimizer: kept_bytes(m, o))
-                labels.append((config + label, dtype + ('+bbgraphs' if graphed else ''), x))
+                labels.append((config + label, dtype + ('+bbgraphs' if graphed else ''), batches))
         timings = timer.arms(fns, args.iters, args.warmup, kept)
-        for (config, mode, x), (seconds, _, peak) in zip(labels, timings):
-            rows.append(dict(config=config, dtype=mode, batch=x.shape[0],
-                             shape=f'{x.shape[2]}x{x.shape[3]}', s_per_iter=round(seconds, 3),
-                             peak_GiB=round(peak, 2)))
+        for (config, mode, batches), (seconds, _, peak) in zip(labels, timings):
+            shapes = ' '.join(f'{x.shape[2]}x{x.shape[3]}' for x, _ in batches)
+            rows.append(dict(config=config, dtype=mode, batch=batches[0][0].shape[0],
+                             shape=shapes, s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
             print(rows[-1], flush=True)
     del built
     if device.type == 'cuda':
@@ -382,6 +400,11 @@ def ab_runs(ours, args):
     return [({}, ''), (dict(s.split('=', 1) for s in args.ab), f" [{', '.join(args.ab)}]")]
 
 
+def parse_shape(text):
+    height, width = text.lower().split('x')
+    return int(height), int(width)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='*', default=['Swin-T', 'ConvNeXt-T', 'DefMamba-T',
@@ -403,6 +426,9 @@ def main():
                         help='our backbones with cuda_graph=True (training replays from graphs)')
     parser.add_argument('--detector', nargs='*', default=[], help='Mask R-CNN configs')
     parser.add_argument('--segmentor', nargs='*', default=[], help='UperNet configs')
+    parser.add_argument('--det-shapes', nargs='+', type=parse_shape, metavar='HxW',
+                        help='detector batches of these padded shapes, taken in turn (the '
+                             'warm-up should cover them all: graphs are captured there)')
     parser.add_argument('--paired', action='store_true',
                         help='the detectors (and the segmentors) take turns at every iteration')
     parser.add_argument('--ab', '--ab-env', nargs='+', metavar='NAME=VALUE',
