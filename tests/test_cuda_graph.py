@@ -8,7 +8,7 @@ import torch
 
 from _refs import REPO, max_rel_err
 from mmdefscan.models import backbones
-from mmdefscan.models.cuda_graph import CudaGraphCache
+from mmdefscan.models.cuda_graph import CudaGraphCache, _graphable
 
 NAMES = ['DefMamba', 'SpatialMamba', 'DAMamba']
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -227,6 +227,46 @@ def test_replayed_gradients_are_not_the_graphs_buffers():
         assert torch.equal(p.grad, grads[key]), key
 
 
+@cuda
+def test_cuda_graph_under_distributed_data_parallel(monkeypatch):
+    """DistributedDataParallel (one rank, NCCL, as ``tools/train.py --launcher pytorch`` wraps
+    the model) around a graphed backbone: the capture runs inside DDP's forward, its reducer
+    gets the replayed gradients through autograd. Two shapes, two steps each: every step's
+    gradients equal eager DDP's (fp32, TF32 off; the bar as in the accumulation test)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    with socket.socket() as free:
+        free.bind(('127.0.0.1', 0))
+        port = free.getsockname()[1]
+    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
+    try:
+        graphed, eager = pair('DefMamba', 'cuda')
+        inputs = [torch.randn(2, 3, 128, 128, device='cuda'),
+                  torch.randn(2, 3, 96, 160, device='cuda')]
+
+        def steps(model):
+            ddp = DistributedDataParallel(model.train(), device_ids=[torch.cuda.current_device()])
+            grads = []
+            for x in inputs * 2:
+                ddp.zero_grad(set_to_none=True)
+                sum(o.pow(2).mean() for o in ddp(x)).backward()
+                grads.append([p.grad.clone() for p in model.parameters()])
+            return grads
+        reference, replayed = steps(eager), steps(graphed)
+    finally:
+        dist.destroy_process_group()
+    assert len(graphed.cuda_graph.graphs) == 2
+    for step, (grads, graph_grads) in enumerate(zip(reference, replayed)):
+        floor = 1e-3 * max(float(g.abs().max()) for g in grads)
+        for (key, _), a, b in zip(graphed.named_parameters(), graph_grads, grads):
+            assert float((a - b).abs().max()) <= 1e-2 * max(float(b.abs().max()), floor), \
+                (step, key)
+
+
 class _Replay(torch.autograd.Function):
     """Stands in for the graph's replay on CPU: one custom autograd node over all outputs."""
 
@@ -246,7 +286,7 @@ def test_a_second_forward_before_the_backward_runs_eagerly(monkeypatch):
     cache = model.cuda_graph
     replays = []
 
-    def replay(x):
+    def replay(x, *params):
         replays.append(x)
         return _Replay.apply(*model.forward_eager(x))
     x = torch.randn(1, 3, 32, 32)
@@ -275,7 +315,7 @@ def test_cuda_graph_captures_each_new_input_up_to_its_number(monkeypatch):
 
     def capture(backbone, x, key):
         captured.append(tuple(x.shape))
-        return lambda x: replayed.append(tuple(x.shape)) or _Replay.apply(
+        return lambda x, *params: replayed.append(tuple(x.shape)) or _Replay.apply(
             *backbone.forward_eager(x))
     monkeypatch.setattr(cache, 'capture', capture)
     monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
@@ -325,11 +365,69 @@ def test_replayed_gradients_accumulate(monkeypatch):
     backbone = _Linear().train()
     cache = CudaGraphCache()
     buffer = torch.zeros(3)
-    monkeypatch.setattr(cache, 'capture', lambda backbone, x, key: lambda x: (
-        _StaticGradients.apply(x, backbone.weight, buffer),))
+    monkeypatch.setattr(cache, 'capture', lambda backbone, x, key: lambda x, weight: (
+        _StaticGradients.apply(x, weight, buffer),))
     monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
     x1, x2 = torch.tensor([[1., 2., 3.]]), torch.tensor([[10., 20., 30.]])
     for x in (x1, x2):
         cache(backbone, x)[0].sum().backward()
     assert torch.equal(backbone.weight.grad, (x1 + x2)[0])
     assert backbone.weight.grad.data_ptr() != buffer.data_ptr()
+
+
+def test_the_capture_runs_on_stand_ins_of_the_parameters():
+    """What the capture records (``_graphable``): the eager forward on new leaves that share the
+    parameters' storage, so that its backward never reaches the parameters' own gradient
+    accumulators (which DDP keeps on the default stream); the same outputs and gradients."""
+    torch.manual_seed(0)
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).train()
+    forward, stand_ins = _graphable(model)
+    params = list(model.parameters())
+    assert len(stand_ins) == len(params)
+    assert all(s.data_ptr() == p.data_ptr() and s is not p and s.is_leaf
+               for s, p in zip(stand_ins, params))
+    x = torch.randn(1, 3, 64, 64)
+    outs = forward(x, *stand_ins)
+    grads = torch.autograd.grad(sum(o.square().mean() for o in outs), stand_ins,
+                                allow_unused=True)
+    assert all(p.grad is None for p in params)  # nothing reached the parameters
+    outs_eager = model.forward_eager(x)
+    sum(o.square().mean() for o in outs_eager).backward()
+    assert all(torch.equal(a, b) for a, b in zip(outs, outs_eager))
+    for (key, p), grad in zip(model.named_parameters(), grads):
+        assert (grad is None) == (p.grad is None), key
+        assert grad is None or torch.equal(grad, p.grad), key
+
+
+@pytest.mark.parametrize('distributed', [False, True])
+def test_the_capture_takes_stand_ins_under_torch_distributed(distributed, monkeypatch):
+    """Wiring of the capture (``make_graphed_callables`` recorded, not run): under an initialised
+    process group (DDP) it graphs a function of (x, *stand-ins); otherwise the backbone's eager
+    forward as a module. Either way the cache calls it with (x, *parameters)."""
+    import torch.distributed as dist
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).train()
+    x = torch.randn(1, 3, 32, 32)
+    recorded = []
+
+    def make_graphed_callables(forward, sample_args, **kwargs):
+        recorded.append((forward, sample_args))
+        return forward
+    monkeypatch.setattr(torch.cuda, 'make_graphed_callables', make_graphed_callables)
+    monkeypatch.setattr(torch.cuda, 'graph_pool_handle', lambda: (0, 1))
+    if distributed:
+        dist.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)
+    try:
+        graphed = model.cuda_graph.capture(model, x, model.cuda_graph.state(model, x))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    (forward, sample_args), = recorded
+    params = list(model.parameters())
+    if distributed:
+        assert not isinstance(forward, torch.nn.Module) and len(sample_args) == 1 + len(params)
+        assert all(s.data_ptr() == p.data_ptr() and s is not p
+                   for s, p in zip(sample_args[1:], params))
+    else:
+        assert isinstance(forward, torch.nn.Module) and len(sample_args) == 1
+    outs = graphed(x, *params)
+    assert all(torch.equal(a, b) for a, b in zip(outs, model.forward_eager(x)))

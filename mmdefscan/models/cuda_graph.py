@@ -19,8 +19,9 @@ the limit) runs eagerly; the first such input is reported in the log.
 Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
 Outputs and saved activations live in the graphs' pool until the next replay, so a second
 forward before the first one's backward (two views of a self-supervised method) runs eagerly.
-Run on one GPU; under DistributedDataParallel the parameter gradients reach its hooks through
-autograd as usual, but that combination has not been run.
+Under DistributedDataParallel (``torch.distributed`` initialised) the capture runs on stand-ins
+of the parameters, because capturing the backbone itself failed there; that path has not run
+on the device yet.
 """
 import time
 import weakref
@@ -31,22 +32,34 @@ from mmengine.logging import print_log
 
 
 class _EagerForward(nn.Module):
-    """The backbone's eager forward as a module of its own for ``make_graphed_callables``
-    (which replaces the forward of the module it is given). The backbone is not registered as
-    a submodule: the wrapper adds no state-dict keys and ``modules()`` does not loop."""
+    """The backbone's eager forward as a module of its own, so that ``torch.func.functional_call``
+    can run it on other parameter tensors. Only the capture builds one: it is never attached to
+    the backbone, so it adds no state-dict keys."""
 
     def __init__(self, backbone):
         super().__init__()
-        self.__dict__['backbone'] = backbone
-
-    def parameters(self, recurse=True):
-        return self.backbone.parameters(recurse)
-
-    def buffers(self, recurse=True):
-        return self.backbone.buffers(recurse)
+        self.backbone = backbone
 
     def forward(self, x):
         return self.backbone.forward_eager(x)
+
+
+def _graphable(backbone):
+    """(function(x, *parameters) running the backbone's eager forward on the given parameter
+    tensors, the capture's stand-ins for the parameters). The stand-ins are new leaves on the
+    parameters' storage: the captured backward must not reach the parameters' own gradient
+    accumulators, which DistributedDataParallel creates (and keeps) on the default stream,
+    where a captured backward may not wait. Capturing the backbone itself under DDP failed on
+    the device ("operation would make the legacy stream depend on a capturing blocking stream",
+    round 12). The replay takes the real parameters as inputs, so their gradients reach DDP's
+    hooks through autograd."""
+    names, params = zip(*(('backbone.' + name, p) for name, p in backbone.named_parameters()))
+    stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in params)
+    module = _EagerForward(backbone)
+
+    def forward(x, *weights):
+        return torch.func.functional_call(module, dict(zip(names, weights)), (x,))
+    return forward, stand_ins
 
 
 DEFAULT_MAX_SHAPES = 8
@@ -129,7 +142,7 @@ class CudaGraphCache:
                                  '(cuda_graph=N keeps N)')
                 return backbone.forward_eager(x)
             graphed = self.graphs[key] = self.capture(backbone, x, key)
-        outs = graphed(x)
+        outs = graphed(x, *backbone.parameters())
         node = outs[0].grad_fn
         if node is not None:
             self.node, self.backward_ran = weakref.ref(node), False
@@ -137,7 +150,8 @@ class CudaGraphCache:
         return outs
 
     def capture(self, backbone, x, key):
-        """The graphed forward of ``backbone`` for inputs like ``x`` (in the shared pool)."""
+        """The graphed forward of ``backbone`` for inputs like ``x`` (in the shared pool), called
+        as ``graphed(x, *backbone.parameters())``."""
         if getattr(backbone, 'with_cp', False):
             raise ValueError(f'{type(backbone).__name__}: cuda_graph=True cannot be combined with '
                              'with_cp=True (the graph already saves the launches; checkpointing '
@@ -147,13 +161,17 @@ class CudaGraphCache:
         autocast, start = key[3], time.perf_counter()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        # under torch.distributed (DDP) the capture runs on stand-ins of the parameters; they
+        # have not run on the device yet, so single-process training keeps the module capture
+        # that the device tests and benchmarks ran (round 12)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        forward, stand_ins = _graphable(backbone) if distributed else (_EagerForward(backbone), ())
         try:
             with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
                                 cache_enabled=False):
                 graphed = torch.cuda.make_graphed_callables(
-                    _EagerForward(backbone),
-                    (x.detach().clone().requires_grad_(x.requires_grad),), allow_unused_input=True,
-                    pool=self.pool)
+                    forward, (x.detach().clone().requires_grad_(x.requires_grad), *stand_ins),
+                    allow_unused_input=True, pool=self.pool)
         except RuntimeError as err:
             raise RuntimeError(f'{type(backbone).__name__}: capturing the CUDA graphs failed '
                                f'({str(err).splitlines()[0]}); build it with cuda_graph=False') \
@@ -166,4 +184,4 @@ class CudaGraphCache:
                   f'in {time.perf_counter() - start:.1f} s ({len(self.graphs) + 1} of at most '
                   f'{self.max_shapes} inputs)',
                   logger='current')
-        return graphed
+        return graphed if stand_ins else (lambda x, *params: graphed(x))
