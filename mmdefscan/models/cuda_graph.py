@@ -8,13 +8,14 @@ optimizer stay eager, so any mm config, AMP wrapper, gradient clip, gradient acc
 optimizer works unchanged.
 
 What runs a graph: a training-mode forward with grad enabled, on CUDA, whose input shape, dtype,
-autocast dtype and trainable parameters (and input ``requires_grad``) were seen before. The
+autocast dtype and trainable parameters (and input ``requires_grad``) have a graph. The
 first ``max_shapes`` such inputs (``cuda_graph=True``: 8, ``cuda_graph=N``: N) are captured
 when they first come: classification and segmentation crops need one, a detector's padded
 batches come in several (how many of a COCO schedule's batches replay depends on its shapes;
 not measured here).
-All graphs share one memory pool, so their activations cost the largest one's, not the sum;
-each keeps its own outputs and parameter gradients. Anything else (eval, no_grad, shapes past
+All graphs share one memory pool, so their activations may reuse one another's memory; each
+keeps its own outputs and parameter gradients (Mask R-CNN with DefMamba-S: about 0.8 GiB per
+extra shape, docs/performance.md round 12). Anything else (eval, no_grad, shapes past
 the limit) runs eagerly; the first such input is reported in the log.
 Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
 Outputs and saved activations live in the graphs' pool until the next replay, so a second
@@ -32,9 +33,10 @@ from mmengine.logging import print_log
 
 
 class _EagerForward(nn.Module):
-    """The backbone's eager forward as a module of its own, so that ``torch.func.functional_call``
-    can run it on other parameter tensors. Only the capture builds one: it is never attached to
-    the backbone, so it adds no state-dict keys."""
+    """The backbone's eager forward as a module of its own: what ``make_graphed_callables``
+    captures (it replaces the forward of the module it is given), or what
+    ``torch.func.functional_call`` runs on stand-ins of the parameters. Only the capture builds
+    one and the backbone never holds it as a submodule, so it adds no state-dict keys."""
 
     def __init__(self, backbone):
         super().__init__()
