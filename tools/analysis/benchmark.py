@@ -335,8 +335,9 @@ def training_iteration(model, batches, optimizer, device, dtype):
 def bench_downstream(entries, args, device, timer):
     """Seconds per training iteration of full detectors / segmentors on random data, per dtype:
     every (config, A/B arm) of ``entries`` ((config, kind, arms, cuda_graph)) takes its turn at
-    every iteration, as in :func:`bench_classification`. The peak is each model's own: its weights and
-    optimizer state, and what its step allocates above the memory in use when it begins."""
+    every iteration, as in :func:`bench_classification`. The peak is each model's own: its
+    weights and optimizer state, and what its step allocates above the memory in use when it
+    begins."""
     built = []
     for config, kind, arms, use_graphs in entries:
         model, x, samples = build_downstream(config, kind, device, use_graphs)
