@@ -20,9 +20,9 @@ the limit) runs eagerly; the first such input is reported in the log.
 Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
 Outputs and saved activations live in the graphs' pool until the next replay, so a second
 forward before the first one's backward (two views of a self-supervised method) runs eagerly.
-Under DistributedDataParallel (``torch.distributed`` initialised) the capture runs on stand-ins
-of the parameters, because capturing the backbone itself failed there; that path has not run
-on the device yet.
+The capture runs on stand-ins of the parameters (see :func:`_graphable`), which is what makes
+it work under DistributedDataParallel. A backbone with SyncBatchNorm under more than one process
+runs eagerly (its collectives were never captured here).
 """
 import time
 import weakref
@@ -33,10 +33,9 @@ from mmengine.logging import print_log
 
 
 class _EagerForward(nn.Module):
-    """The backbone's eager forward as a module of its own: what ``make_graphed_callables``
-    captures (it replaces the forward of the module it is given), or what
-    ``torch.func.functional_call`` runs on stand-ins of the parameters. Only the capture builds
-    one and the backbone never holds it as a submodule, so it adds no state-dict keys."""
+    """The backbone's eager forward as a module of its own, for ``torch.func.functional_call``
+    to run on stand-ins of the parameters. Only the capture builds one and the backbone never
+    holds it as a submodule, so it adds no state-dict keys."""
 
     def __init__(self, backbone):
         super().__init__()
@@ -53,8 +52,9 @@ def _graphable(backbone):
     accumulators, which DistributedDataParallel creates (and keeps) on the default stream,
     where a captured backward may not wait. Capturing the backbone itself under DDP failed on
     the device ("operation would make the legacy stream depend on a capturing blocking stream",
-    round 12). The replay takes the real parameters as inputs, so their gradients reach DDP's
-    hooks through autograd."""
+    round 12); with the stand-ins one-rank DDP trains (round 13). The replay takes the real
+    parameters as inputs, so their gradients reach DDP's hooks through autograd. One path with
+    and without DDP."""
     names, params = zip(*(('backbone.' + name, p) for name, p in backbone.named_parameters()))
     stand_ins = tuple(p.detach().requires_grad_(p.requires_grad) for p in params)
     module = _EagerForward(backbone)
@@ -62,6 +62,14 @@ def _graphable(backbone):
     def forward(x, *weights):
         return torch.func.functional_call(module, dict(zip(names, weights)), (x,))
     return forward, stand_ins
+
+
+def _syncs_across_processes(backbone):
+    """Whether a training forward would run collectives: a SyncBatchNorm (DAMamba's default
+    norm, or mmengine's ``sync_bn``) in a process group of more than one process."""
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+            and any(isinstance(m, nn.SyncBatchNorm) for m in backbone.modules()))
 
 
 DEFAULT_MAX_SHAPES = 8
@@ -80,6 +88,7 @@ class CudaGraphCache:
         self.reported = set()
         self.node = None  # weak reference to the autograd node of the last replay
         self.backward_ran = True
+        self.syncs = None  # whether the forward runs collectives (found at the first call)
 
     @classmethod
     def from_option(cls, cuda_graph):
@@ -133,6 +142,13 @@ class CudaGraphCache:
             self.report_once(backbone, 'in use', 'a second forward before the backward of the '
                              "first: it runs eagerly (the graphs' buffers hold the first)")
             return backbone.forward_eager(x)
+        if self.syncs is None:  # the model is built (and SyncBN converted) before training
+            self.syncs = _syncs_across_processes(backbone)
+        if self.syncs:
+            self.report_once(backbone, 'sync', 'SyncBatchNorm under several processes: the '
+                             'training forward runs eagerly (collectives inside a CUDA graph '
+                             'are untested here; cuda_graph=False silences this)')
+            return backbone.forward_eager(x)
         key = self.state(backbone, x)
         graphed = self.graphs.get(key)
         if graphed is None:
@@ -163,11 +179,7 @@ class CudaGraphCache:
         autocast, start = key[3], time.perf_counter()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        # under torch.distributed (DDP) the capture runs on stand-ins of the parameters; they
-        # have not run on the device yet, so single-process training keeps the module capture
-        # that the device tests and benchmarks ran (round 12)
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        forward, stand_ins = _graphable(backbone) if distributed else (_EagerForward(backbone), ())
+        forward, stand_ins = _graphable(backbone)
         try:
             with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
                                 cache_enabled=False):
@@ -186,4 +198,4 @@ class CudaGraphCache:
                   f'in {time.perf_counter() - start:.1f} s ({len(self.graphs) + 1} of at most '
                   f'{self.max_shapes} inputs)',
                   logger='current')
-        return graphed if stand_ins else (lambda x, *params: graphed(x))
+        return graphed
