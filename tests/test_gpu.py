@@ -135,17 +135,43 @@ def test_training_step_never_synchronises(name, dtype):
         torch.cuda.set_sync_debug_mode('default')
 
 
+def biases_before_batchnorm(model):
+    """Names of the biases of layers followed by a BatchNorm among their parent's children
+    (``nn.Sequential(conv, bn)``, a conv-norm module): in training mode the norm subtracts the
+    batch mean, so such a bias gets no gradient in exact arithmetic."""
+    names = set()
+    for prefix, module in model.named_modules():
+        children = list(module.named_children())
+        for (name, layer), (_, following) in zip(children, children[1:]):
+            if isinstance(following, torch.nn.modules.batchnorm._BatchNorm) \
+                    and isinstance(getattr(layer, 'bias', None), torch.nn.Parameter):
+                names.add(f'{prefix}.{name}.bias' if prefix else f'{name}.bias')
+    return names
+
+
+def test_biases_before_batchnorm_are_found():
+    from mmdefscan.models.backbones import DAMamba, SpatialMamba
+    damamba = biases_before_batchnorm(DAMamba(arch='tiny'))
+    assert 'stages.2.downsample.0.bias' in damamba
+    spatial = biases_before_batchnorm(SpatialMamba(arch='tiny'))
+    assert 'layers.1.downsample.conv.2.conv.bias' in spatial
+    assert 'layers.1.downsample.conv.0.conv.bias' not in spatial  # conv -> ReLU
+    assert not biases_before_batchnorm(DefMamba(arch='tiny'))  # LayerNorms only
+
+
 @cuda
 @pytest.mark.parametrize('name', ['DefMamba', 'SpatialMamba', 'DAMamba'])
 def test_training_step_replays_from_a_cuda_graph(name):
     """Forward + backward captured in a CUDA graph (benchmark.py --cuda-graphs) replays to the
     eager gradients: the kernels neither synchronise nor allocate outside the graph's pool. The
-    tolerance is eight bf16 roundings (8 x 2^-8 = 3.1e-2) of a gradient's largest value, or ten
-    times the difference between two eager steps (atomic adds): the step runs under bf16
-    autocast, and inside a capture cuDNN may pick another algorithm, which moves a bf16 gradient
-    by a few roundings (Spatial-Mamba, where two eager steps agreed exactly: 5.7e-3 in round 6,
-    1.2e-2 in one of two runs of round 9, 1.8e-2 in round 11). Stale or unreplayed buffers are
-    off by O(1)."""
+    step runs under bf16 autocast, and inside a capture cuDNN may pick another algorithm, which
+    moves a bf16 gradient by a few roundings (Spatial-Mamba, where two eager steps agreed
+    exactly: 5.7e-3 in round 6, 1.2e-2 in one of two runs of round 9, 1.8e-2 in round 11). So all
+    gradients as one vector must agree within eight bf16 roundings (8 x 2^-8 = 3.1e-2), and each
+    tensor within a quarter of its largest value or ten times the difference between two eager
+    steps (atomic adds): a sum that nearly cancels moves by more than eight roundings of itself
+    (Spatial-Mamba's stem norm bias, which feeds a conv and a training-mode BatchNorm: 0.13 in
+    round 13), while garbage or an unreplayed buffer is off by O(1)."""
     torch.manual_seed(0)
     model, step = training_step(name, torch.bfloat16, autocast_cache=False, drop_path_rate=0.0)
 
@@ -170,15 +196,25 @@ def test_training_step_replays_from_a_cuda_graph(name):
     torch.cuda.synchronize()
     assert max_rel_err(graph_loss, eager_loss) < 1e-5
     assert sum(g is not None and bool(g.abs().max() > 0) for g in eager_grads) > 10
-    # a gradient that vanishes in exact arithmetic is rounding noise (DAMamba's stem convs feed
-    # training-mode BatchNorms, so their biases get none: 1.65 "relative" error in round 11);
-    # every gradient is measured against at least 1e-3 of the model's largest
-    floor = 1e-3 * max(float(g.abs().max()) for g in eager_grads if g is not None)
+    # a gradient that vanishes in exact arithmetic is rounding noise: every gradient is measured
+    # against at least 1e-3 of the model's largest, and the biases in front of a training-mode
+    # BatchNorm (DAMamba's stem and downsampling convs: 1.65 "relative" error in round 11, 0.30
+    # of that floor in round 13) only have to stay near zero, with and without the graph: within
+    # 5% of the model's largest gradient (bf16 noise reached 1.03% for a Spatial-Mamba
+    # downsampling conv in round 13)
+    largest = max(float(g.abs().max()) for g in eager_grads if g is not None)
+    floor = 1e-3 * largest
+    vanishing = biases_before_batchnorm(model)
 
     def err(a, b):
         return float((a - b).abs().max()) / max(float(b.abs().max()), floor)
+    compared = []
     for (key, p), grad, grad_again in zip(model.named_parameters(), eager_grads, again):
         assert (p.grad is None) == (grad is None), key
-        if grad is not None:
-            bar = max(8 * 2 ** -8, 10 * err(grad_again, grad))
-            assert err(p.grad, grad) <= bar, key
+        if key in vanishing:
+            assert max(float(p.grad.abs().max()), float(grad.abs().max())) <= 0.05 * largest, key
+        elif grad is not None:
+            assert err(p.grad, grad) <= max(0.25, 10 * err(grad_again, grad)), key
+            compared.append((p.grad.flatten(), grad.flatten()))
+    replayed, reference = (torch.cat(vectors).float() for vectors in zip(*compared))
+    assert float((replayed - reference).norm() / reference.norm()) <= 8 * 2 ** -8
