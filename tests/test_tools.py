@@ -305,3 +305,23 @@ def test_benchmark_feeds_the_detectors_several_shapes_in_turn(monkeypatch, tmp_p
     assert seen == [(*turn, shape) for shape in shapes for turn in turns]
     rows = json.loads(out.read_text())['downstream']
     assert [r['shape'] for r in rows] == ['8x12 12x8'] * 3
+
+
+@pytest.mark.parametrize('graphs', [False, True])
+def test_benchmark_sets_the_backbone_graphs_whatever_the_config_says(graphs):
+    """build_downstream's eager arm is eager even when a config switches ``cuda_graph`` on, and
+    its graphed arm has the graphs; the segmentor batch takes ``seg_batch`` images."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    from mmengine.config import Config
+    config = str(REPO / 'configs/upernet_defmamba_t_ade20k.py')
+    assert Config.fromfile(config).model.backbone.cuda_graph is True
+    model, x, samples = benchmark.build_downstream(config, 'seg', torch.device('cpu'), graphs)
+    assert (model.backbone.cuda_graph is not None) == graphs
+    x, samples = benchmark.downstream_batch('seg', torch.device('cpu'), seg_batch=2)
+    assert x.shape == (2, 3, 512, 512) and len(samples) == 2

@@ -249,7 +249,7 @@ def bench_classification(name, arms, args, device, timer):
 def build_downstream(config, kind, device, cuda_graph=False):
     """(model in train mode, images, data samples) of one training iteration of a full detector
     (2 images of 800x1344) or segmentor (8 of 512x512) on random data; ``cuda_graph`` switches
-    on the graphs of an mmdefscan backbone."""
+    on or off the graphs of an mmdefscan backbone, whatever the config says."""
     from mmengine.config import Config
     from mmengine.hub import get_config
     from mmengine.registry import init_default_scope
@@ -258,15 +258,15 @@ def build_downstream(config, kind, device, cuda_graph=False):
     init_default_scope(cfg.default_scope)
     registry = __import__(f'{cfg.default_scope}.registry', fromlist=['MODELS']).MODELS
     cfg.model.backbone.pop('init_cfg', None)
-    if cuda_graph and cfg.model.backbone.type.startswith('mmdefscan.'):
-        cfg.model.backbone.cuda_graph = True
+    if cfg.model.backbone.type.startswith('mmdefscan.'):
+        cfg.model.backbone.cuda_graph = cuda_graph
     model = registry.build(cfg.model).to(device).train()
     return (model, *downstream_batch(kind, device))
 
 
-def downstream_batch(kind, device, shape=None):
+def downstream_batch(kind, device, shape=None, seg_batch=8):
     """(images, data samples) of a detector's batch (2 images, ``shape`` or 800x1344, two boxes
-    and masks each, cut to the image) or a segmentor's (8 of 512x512), random."""
+    and masks each, cut to the image) or a segmentor's (``seg_batch`` of 512x512), random."""
     if kind == 'det':
         from mmdet.structures import DetDataSample
         from mmdet.structures.mask import BitmapMasks
@@ -289,7 +289,7 @@ def downstream_batch(kind, device, shape=None):
     else:
         from mmengine.structures import PixelData
         from mmseg.structures import SegDataSample
-        batch, (h, w) = 8, (512, 512)
+        batch, (h, w) = seg_batch, (512, 512)
         samples = []
         for _ in range(batch):
             s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
@@ -344,6 +344,8 @@ def bench_downstream(entries, args, device, timer):
         batches = [(x, samples)]
         if kind == 'det' and args.det_shapes:
             batches = [downstream_batch(kind, device, shape) for shape in args.det_shapes]
+        elif kind == 'seg' and args.seg_batch != 8:
+            batches = [downstream_batch(kind, device, seg_batch=args.seg_batch)]
         built.append((config, arms, model, batches, torch.optim.AdamW(model.parameters(),
                                                                        lr=1e-4)))
     rows = []
@@ -430,6 +432,8 @@ def main():
     parser.add_argument('--det-shapes', nargs='+', type=parse_shape, metavar='HxW',
                         help='detector batches of these padded shapes, taken in turn (the '
                              'warm-up should cover them all: graphs are captured there)')
+    parser.add_argument('--seg-batch', type=int, default=8,
+                        help="segmentor images per iteration (mmseg's 8xb2 recipe: 2 per GPU)")
     parser.add_argument('--paired', action='store_true',
                         help='the detectors (and the segmentors) take turns at every iteration')
     parser.add_argument('--ab', '--ab-env', nargs='+', metavar='NAME=VALUE',
