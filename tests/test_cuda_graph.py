@@ -462,3 +462,27 @@ def test_syncbatchnorm_under_several_processes_runs_eagerly(world_size, monkeypa
     else:
         assert all(p is graph for p in paths) and len(captured) == 1
         assert not any('SyncBatchNorm' in m for m in messages)
+
+
+def test_the_log_counts_replayed_and_eager_calls(monkeypatch):
+    """Every REPORT_EVERY training calls of which some ran eagerly, one line counts the replayed
+    and the eager ones by reason; a window that replayed throughout logs nothing."""
+    from mmdefscan.models import cuda_graph
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=1).train()
+    cache = model.cuda_graph
+    graph = (torch.ones(1),)
+    monkeypatch.setattr(model, 'forward_eager', lambda x: (torch.zeros(1),))
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
+    monkeypatch.setattr(cache, 'capture', lambda backbone, x, key: lambda x, *params: graph)
+    monkeypatch.setattr(cuda_graph, 'REPORT_EVERY', 5)
+    messages = []
+    monkeypatch.setattr(cuda_graph, 'print_log', lambda message, logger: messages.append(message))
+    small, large = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 64, 64)
+    for x in [small, small, large, small, large]:
+        model(x)
+    counts = [m for m in messages if 'training calls' in m]
+    assert counts == ['DefMamba: cuda_graph, the last 5 training calls: 3 replayed from 1 '
+                      'graph; eager: 2 past the limit of graphs']
+    for _ in range(5):
+        model(small)
+    assert len([m for m in messages if 'training calls' in m]) == 1

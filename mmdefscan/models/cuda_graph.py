@@ -16,7 +16,9 @@ not measured here).
 All graphs share one memory pool, so their activations may reuse one another's memory; each
 keeps its own outputs and parameter gradients (Mask R-CNN with DefMamba-S: about 0.8 GiB per
 extra shape, docs/performance.md round 12). Anything else (eval, no_grad, shapes past
-the limit) runs eagerly; the first such input is reported in the log.
+the limit) runs eagerly; the first such input is reported in the log, and every 1000 training
+calls of which some ran eagerly the log counts the replayed and the eager ones (how much of a
+detector's schedule the graphs serve).
 Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
 Outputs and saved activations live in the graphs' pool until the next replay, so a second
 forward before the first one's backward (two views of a self-supervised method) runs eagerly.
@@ -24,6 +26,7 @@ The capture runs on stand-ins of the parameters (see :func:`_graphable`), which 
 it work under DistributedDataParallel. A backbone with SyncBatchNorm under more than one process
 runs eagerly (its collectives were never captured here).
 """
+import collections
 import time
 import weakref
 
@@ -73,6 +76,7 @@ def _syncs_across_processes(backbone):
 
 
 DEFAULT_MAX_SHAPES = 8
+REPORT_EVERY = 1000  # training calls between the counts of replayed and eager ones
 
 
 class CudaGraphCache:
@@ -89,6 +93,7 @@ class CudaGraphCache:
         self.node = None  # weak reference to the autograd node of the last replay
         self.backward_ran = True
         self.syncs = None  # whether the forward runs collectives (found at the first call)
+        self.calls = collections.Counter()  # why the training calls ran eagerly (None: replayed)
 
     @classmethod
     def from_option(cls, cuda_graph):
@@ -138,17 +143,31 @@ class CudaGraphCache:
             print_log(f'{type(backbone).__name__}: {message}', logger='current')
 
     def __call__(self, backbone, x):
+        graphed, eager_reason = self._graph_for(backbone, x)
+        self._count(backbone, eager_reason)
+        if graphed is None:
+            return backbone.forward_eager(x)
+        outs = graphed(x, *backbone.parameters())
+        node = outs[0].grad_fn
+        if node is not None:
+            self.node, self.backward_ran = weakref.ref(node), False
+            node.register_hook(self._backward_done)
+        return outs
+
+    def _graph_for(self, backbone, x):
+        """(the graph to replay for x, captured now if it is new, None) or (None, why x runs
+        eagerly); each reason is logged the first time."""
         if self.in_use():
             self.report_once(backbone, 'in use', 'a second forward before the backward of the '
                              "first: it runs eagerly (the graphs' buffers hold the first)")
-            return backbone.forward_eager(x)
+            return None, 'while a graph was in use'
         if self.syncs is None:  # the model is built (and SyncBN converted) before training
             self.syncs = _syncs_across_processes(backbone)
         if self.syncs:
             self.report_once(backbone, 'sync', 'SyncBatchNorm under several processes: the '
                              'training forward runs eagerly (collectives inside a CUDA graph '
                              'are untested here; cuda_graph=False silences this)')
-            return backbone.forward_eager(x)
+            return None, 'with SyncBatchNorm'
         key = self.state(backbone, x)
         graphed = self.graphs.get(key)
         if graphed is None:
@@ -158,14 +177,24 @@ class CudaGraphCache:
                                  f'{self.max_shapes} inputs ({shapes}); this call ({key[0]}, '
                                  f'autocast {key[3]}) and any other new input run eagerly '
                                  '(cuda_graph=N keeps N)')
-                return backbone.forward_eager(x)
+                return None, 'past the limit of graphs'
             graphed = self.graphs[key] = self.capture(backbone, x, key)
-        outs = graphed(x, *backbone.parameters())
-        node = outs[0].grad_fn
-        if node is not None:
-            self.node, self.backward_ran = weakref.ref(node), False
-            node.register_hook(self._backward_done)
-        return outs
+        return graphed, None
+
+    def _count(self, backbone, eager_reason):
+        """Tally the training calls; every ``REPORT_EVERY`` of them in which some ran eagerly,
+        log how many replayed (how much of a detector's schedule the graphs serve)."""
+        self.calls[eager_reason] += 1
+        if sum(self.calls.values()) < REPORT_EVERY:
+            return
+        replayed = self.calls.pop(None, 0)
+        if self.calls:
+            eager = ', '.join(f'{n} {reason}' for reason, n in self.calls.most_common())
+            graphs = f'{len(self.graphs)} graph' + ('s' if len(self.graphs) != 1 else '')
+            print_log(f'{type(backbone).__name__}: cuda_graph, the last {REPORT_EVERY} training '
+                      f'calls: {replayed} replayed from {graphs}; eager: {eager}',
+                      logger='current')
+        self.calls.clear()
 
     def capture(self, backbone, x, key):
         """The graphed forward of ``backbone`` for inputs like ``x`` (in the shared pool), called
