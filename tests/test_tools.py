@@ -25,6 +25,16 @@ def data_root(tmp_path_factory):
     return generate(str(tmp_path_factory.mktemp('synthetic')))
 
 
+def load_tool(script):
+    """A script of tools/analysis/ as a module (they are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(Path(script).stem,
+                                                  REPO / 'tools/analysis' / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_tool(args, timeout=600, env=None):
     full_env = dict(os.environ, PYTHONWARNINGS='ignore', **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
@@ -136,13 +146,8 @@ def test_benchmark_ab_env_alternates_the_arms_at_every_iteration(monkeypatch, tm
     """benchmark.py --ab-env: each of our models runs without and with the variable set, the two
     arms taking turns at every warm-up and timed call (the peer runs once, without); the rows are
     labelled and the environment is restored."""
-    import importlib.util
-
     import torch
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_tool('benchmark.py')
     seen = []
 
     class Recorder(torch.nn.Conv2d):  # a stand-in backbone that notes the switch at every call
@@ -179,14 +184,9 @@ def test_benchmark_paired_detectors_take_turns_with_a_module_attribute_switch(mo
     """benchmark.py --paired --ab MODULE.ATTR=VALUE: the iterations of our detector in both arms
     and of the peer's config take turns at every warm-up and timed call; the attribute is set in
     the second arm only, as a Python literal, and restored afterwards."""
-    import importlib.util
-
     import torch
     from mmdefscan.ops.kernels import selective_scan_triton as kernels
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_tool('benchmark.py')
     seen = []
 
     class Detector(torch.nn.Module):  # a stand-in for a built config: notes the switch per step
@@ -200,8 +200,10 @@ def test_benchmark_paired_detectors_take_turns_with_a_module_attribute_switch(mo
 
         def parse_losses(self, losses):
             return losses['loss'], {}
-    monkeypatch.setattr(benchmark, 'build_downstream', lambda config, kind, device, graphs: (
-        Detector(config), torch.randn(2, 3, 5, 4), None))
+    monkeypatch.setattr(benchmark, 'build_downstream_model',
+                        lambda config, device, graphs: Detector(config))
+    monkeypatch.setattr(benchmark, 'downstream_batch', lambda kind, device, shape, seg_batch: (
+        torch.randn(2, 3, 5, 4), None))
     shipped = kernels.WANTED_PROGRAMS
     out = tmp_path / 'rows.json'
     monkeypatch.setattr(sys, 'argv', [
@@ -224,11 +226,7 @@ def test_profile_charges_gpu_idle_to_the_host_range_that_launched_the_next_kerne
     range (or backward node) around the launch of the kernel that ends it, on the launching
     thread; overlapping kernels leave no gap; a launch outside named ranges falls back to the
     outermost operator."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'profile_tool', REPO / 'tools/analysis/profile_backbone.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('profile_backbone.py')
 
     def span(name, cat, ts, dur, tid=1, **args):
         return dict(ph='X', name=name, cat=cat, ts=ts, dur=dur, pid=1, tid=tid, args=args)
@@ -270,13 +268,8 @@ def test_device_benchmarks_import_and_parse_on_cpu(script):
 def test_benchmark_feeds_the_detectors_several_shapes_in_turn(monkeypatch, tmp_path):
     """benchmark.py --det-shapes: every arm of every detector takes the batches' shapes in the
     same order (so the A/B arms see the same shapes), and the rows name the shapes."""
-    import importlib.util
-
     import torch
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_tool('benchmark.py')
     seen = []
 
     class Detector(torch.nn.Module):
@@ -290,9 +283,9 @@ def test_benchmark_feeds_the_detectors_several_shapes_in_turn(monkeypatch, tmp_p
 
         def parse_losses(self, losses):
             return losses['loss'], {}
-    monkeypatch.setattr(benchmark, 'build_downstream', lambda config, kind, device, graphs: (
-        Detector(config), torch.randn(2, 3, 5, 4), None))
-    monkeypatch.setattr(benchmark, 'downstream_batch', lambda kind, device, shape: (
+    monkeypatch.setattr(benchmark, 'build_downstream_model',
+                        lambda config, device, graphs: Detector(config))
+    monkeypatch.setattr(benchmark, 'downstream_batch', lambda kind, device, shape, seg_batch: (
         torch.randn(2, 3, *shape), None))
     out = tmp_path / 'rows.json'
     monkeypatch.setattr(sys, 'argv', [
@@ -311,13 +304,8 @@ def test_benchmark_feeds_the_detectors_several_shapes_in_turn(monkeypatch, tmp_p
 def test_benchmark_sets_the_backbone_graphs_whatever_the_config_says(graphs):
     """build_downstream's eager arm is eager even when a config switches ``cuda_graph`` on, and
     its graphed arm has the graphs; the segmentor batch takes ``seg_batch`` images."""
-    import importlib.util
-
     import torch
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', REPO / 'tools/analysis/benchmark.py')
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_tool('benchmark.py')
     from mmengine.config import Config
     config = str(REPO / 'configs/upernet_defmamba_t_ade20k.py')
     assert Config.fromfile(config).model.backbone.cuda_graph is True

@@ -248,8 +248,14 @@ def bench_classification(name, arms, args, device, timer):
 
 def build_downstream(config, kind, device, cuda_graph=False):
     """(model in train mode, images, data samples) of one training iteration of a full detector
-    (2 images of 800x1344) or segmentor (8 of 512x512) on random data; ``cuda_graph`` switches
-    on or off the graphs of an mmdefscan backbone, whatever the config says."""
+    (2 images of 800x1344) or segmentor (8 of 512x512) on random data."""
+    return (build_downstream_model(config, device, cuda_graph), *downstream_batch(kind, device))
+
+
+def build_downstream_model(config, device, cuda_graph=False):
+    """A detector / segmentor config's model in train mode, without pretrained weights;
+    ``cuda_graph`` switches on or off the graphs of an mmdefscan backbone, whatever the config
+    says."""
     from mmengine.config import Config
     from mmengine.hub import get_config
     from mmengine.registry import init_default_scope
@@ -260,8 +266,7 @@ def build_downstream(config, kind, device, cuda_graph=False):
     cfg.model.backbone.pop('init_cfg', None)
     if cfg.model.backbone.type.startswith('mmdefscan.'):
         cfg.model.backbone.cuda_graph = cuda_graph
-    model = registry.build(cfg.model).to(device).train()
-    return (model, *downstream_batch(kind, device))
+    return registry.build(cfg.model).to(device).train()
 
 
 def downstream_batch(kind, device, shape=None, seg_batch=8):
@@ -340,12 +345,9 @@ def bench_downstream(entries, args, device, timer):
     begins."""
     built = []
     for config, kind, arms, use_graphs in entries:
-        model, x, samples = build_downstream(config, kind, device, use_graphs)
-        batches = [(x, samples)]
-        if kind == 'det' and args.det_shapes:
-            batches = [downstream_batch(kind, device, shape) for shape in args.det_shapes]
-        elif kind == 'seg' and args.seg_batch != 8:
-            batches = [downstream_batch(kind, device, seg_batch=args.seg_batch)]
+        model = build_downstream_model(config, device, use_graphs)
+        shapes = args.det_shapes if kind == 'det' and args.det_shapes else [None]
+        batches = [downstream_batch(kind, device, shape, args.seg_batch) for shape in shapes]
         built.append((config, arms, model, batches, torch.optim.AdamW(model.parameters(),
                                                                        lr=1e-4)))
     rows = []
