@@ -38,3 +38,41 @@ def test_mmpretrain_classifier_builds_and_computes_a_loss():
     samples = [DataSample().set_gt_label(i) for i in (1, 3)]
     losses = model(torch.randn(2, 3, 64, 64), samples, mode='loss')
     assert torch.isfinite(losses['loss']) and losses['loss'] > 0
+
+
+@pytest.mark.skipif(not stubbed, reason='a real torchvision is installed and used')
+def test_mmpretrain_datasets_import_and_the_torchvision_crop_says_what_is_missing():
+    """mmpretrain's transforms subclass torchvision's RandomResizedCrop at import: the stand-in
+    lets them import, and building that crop raises one clear error."""
+    from mmpretrain.datasets.transforms import MAERandomResizedCrop, RandomResizedCrop
+    RandomResizedCrop(scale=32)  # mmpretrain's own crop, the ImageNet recipes' one
+    with pytest.raises(ImportError, match='needs torchvision, which is not installed'):
+        MAERandomResizedCrop(size=32)
+
+
+@pytest.mark.parametrize('version,disabled', [('5.0.1', True), ('4.57.6', False)])
+def test_mmpretrain_models_import_beside_transformers_5(version, disabled):
+    """With transformers 5 (faked: its version as the package metadata reports it) mmpretrain's
+    multimodal models are switched off before mmpretrain.models is imported, so the
+    classification models import; with an older transformers the switch is left alone."""
+    import subprocess
+    code = f'''
+import importlib.metadata
+real = importlib.metadata.version
+importlib.metadata.version = lambda name: {version!r} if name == 'transformers' else real(name)
+import mmdefscan
+from mmpretrain.utils import dependency
+from mmdefscan.utils.mmpretrain_compat import disable_multimodal_if_incompatible
+dependency.WITH_MULTIMODAL = 'as mmpretrain found it'
+print(disable_multimodal_if_incompatible(), repr(dependency.WITH_MULTIMODAL))
+import mmpretrain.models
+from mmpretrain.registry import MODELS
+assert MODELS.get('ImageClassifier') is not None
+'''
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=300)
+    if not disabled:  # mmpretrain then takes its own branch, which needs a real transformers
+        assert result.stdout.splitlines()[-1] == "False 'as mmpretrain found it'"
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == 'True False'

@@ -1,6 +1,6 @@
 """Train a detector, segmentor or classifier from an mm config (mmdet / mmseg / mmpretrain scope).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [auto|PATH]]
+    python tools/train.py CONFIG [--work-dir DIR] [--amp | --no-amp] [--resume [auto|PATH]]
                                  [--auto-scale-lr] [--cfg-options k=v ...]
                                  [--launcher none|pytorch|slurm]
 """
@@ -19,7 +19,10 @@ def parse_args():
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    amp = parser.add_mutually_exclusive_group()
+    amp.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    amp.add_argument('--no-amp', action='store_true',
+                     help='full precision for a config that sets AmpOptimWrapper (CPU training)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size (config auto_scale_lr)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -40,6 +43,10 @@ def main():
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    elif args.no_amp and cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):  # AmpOptimWrapper's own arguments
+            cfg.optim_wrapper.pop(key, None)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise KeyError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')

@@ -2,9 +2,11 @@
 
 mmpretrain 1.2 imports ``torchvision.ops.boxes`` and ``torchvision.transforms`` at import time,
 so without torchvision (there is no CPU wheel for every torch) its models cannot even be
-imported. The stand-in gives those imports the box helpers mmpretrain calls (pure torch) and an
-empty transform namespace; any other attribute raises an AttributeError that says torchvision is
-missing. A real torchvision, when installed, is always used instead.
+imported. The stand-in gives those imports the box helpers mmpretrain calls (pure torch) and a
+transform namespace holding only ``RandomResizedCrop``, which mmpretrain's datasets subclass at
+import time (``MAERandomResizedCrop``); building it raises. Any other attribute raises an
+AttributeError that says torchvision is missing. A real torchvision, when installed, is always
+used instead.
 """
 import enum
 import importlib.machinery
@@ -68,6 +70,15 @@ class InterpolationMode(enum.Enum):
     LANCZOS = 'lanczos'
 
 
+class RandomResizedCrop:
+    """Only a base class for mmpretrain's ``MAERandomResizedCrop``, which its datasets package
+    defines at import; mmpretrain's own ``RandomResizedCrop`` (the ImageNet recipes') needs no
+    torchvision."""
+
+    def __init__(self, *args, **kwargs):
+        raise ImportError(f'{type(self).__name__} needs torchvision, which is not installed')
+
+
 def install_if_missing():
     """Register the stand-in in ``sys.modules`` unless a real torchvision is importable."""
     if 'torchvision' in sys.modules or importlib.util.find_spec('torchvision') is not None:
@@ -79,7 +90,7 @@ def install_if_missing():
     functional = _module('torchvision.transforms.functional', InterpolationMode=InterpolationMode)
     inner = _module('torchvision.transforms.transforms', InterpolationMode=InterpolationMode)
     transforms = _module('torchvision.transforms', functional=functional, transforms=inner,
-                         InterpolationMode=InterpolationMode)
+                         InterpolationMode=InterpolationMode, RandomResizedCrop=RandomResizedCrop)
     root = _module('torchvision', ops=ops, transforms=transforms, __version__=STUB_VERSION)
     for module in (root, ops, boxes, transforms, functional, inner):
         sys.modules[module.__name__] = module
