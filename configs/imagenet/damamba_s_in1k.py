@@ -15,12 +15,15 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # The official classifier ends its last stage with LayerNorm norm4 (part of the backbone, which
 # returns it), averages over the map and applies head.fc: GlobalAveragePooling + LinearClsHead
 # (head.fc) is that classifier key for key (backbone.* + head.fc.*).
+# cuda_graph: the training crops have one shape (and the last, smaller batch of an epoch a
+# second), so the backbone's forward + backward replay from CUDA graphs; eval runs eagerly
+# (docs/performance.md, round 14). --cfg-options model.backbone.cuda_graph=False turns it off.
 model = dict(
     type='ImageClassifier',
     # classification uses plain BatchNorm (the downstream copies use SyncBN); drop path of the
     # ImageNet yaml files: T 0.15, S 0.4, B 0.5
     backbone=dict(type='mmdefscan.DAMamba', arch='small', drop_path_rate=0.4, out_indices=(3, ),
-                  norm_cfg=dict(type='BN')),
+                  norm_cfg=dict(type='BN'), cuda_graph=True),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(type='LinearClsHead', num_classes=1000, in_channels=512, init_cfg=None,
               loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),

@@ -4,7 +4,7 @@
 # batch with --auto-scale-lr), warm-up from 1e-6, cosine per iteration to 1e-5, weight decay 0.05
 # except norms, biases and 1-D parameters, label smoothing 0.1, RandAugment m9-mstd0.5-inc1,
 # mixup 0.8 / cutmix 1.0, random erasing 0.25, EMA 0.9999, gradient clipping 5.0, AMP (CUDA; on
-# CPU add --cfg-options optim_wrapper.type=OptimWrapper).
+# CPU: tools/train.py --no-amp).
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
@@ -17,9 +17,13 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # (outnorm3), which is that final norm, then GlobalAveragePooling and LinearClsHead (head.fc): the
 # same function, and `defmamba2mmdefscan.py --classifier` turns an official checkpoint into this
 # layout (classifier.norm -> backbone.outnorm3, classifier.head -> head.fc).
+# cuda_graph: the training crops have one shape (and the last, smaller batch of an epoch a
+# second), so the backbone's forward + backward replay from CUDA graphs; eval runs eagerly
+# (docs/performance.md, round 14). --cfg-options model.backbone.cuda_graph=False turns it off.
 model = dict(
     type='ImageClassifier',
-    backbone=dict(type='mmdefscan.DefMamba', arch='small', drop_path_rate=0.2, out_indices=(3, )),
+    backbone=dict(type='mmdefscan.DefMamba', arch='small', drop_path_rate=0.2, out_indices=(3, ),
+                  cuda_graph=True),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(type='LinearClsHead', num_classes=1000, in_channels=768, init_cfg=None,
               loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),

@@ -18,10 +18,13 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # (outnorm3), which is that norm, then GlobalAveragePooling and LinearClsHead (head.fc): the same
 # function; `spatialmamba2mmdefscan.py --classifier` maps norm -> backbone.outnorm3 and
 # head -> head.fc.
+# cuda_graph: the training crops have one shape (and the last, smaller batch of an epoch a
+# second), so the backbone's forward + backward replay from CUDA graphs; eval runs eagerly
+# (docs/performance.md, round 14). --cfg-options model.backbone.cuda_graph=False turns it off.
 model = dict(
     type='ImageClassifier',
     backbone=dict(type='mmdefscan.SpatialMamba', arch='small', drop_path_rate=0.3,
-                  out_indices=(3, )),
+                  out_indices=(3, ), cuda_graph=True),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(type='LinearClsHead', num_classes=1000, in_channels=512, init_cfg=None,
               loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),

@@ -15,9 +15,9 @@ inference step and whole training step (forward, backward, AdamW) in a CUDA grap
 replays, which takes the host's launch work out of the classification rows (training on the
 H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds our backbones
 with ``cuda_graph=True``, what a user can switch on: only their training forward + backward
-replay from graphs, the rest of the step stays eager, and the peers stay eager; our
-``--detector`` / ``--segmentor`` configs then run twice, eagerly and with the graphs (rows
-``+bbgraphs``), taking turns with the other configs. ``--ab NAME=VALUE ...`` (alias ``--ab-env``)
+replay from graphs, the rest of the step stays eager, and the peers stay eager; our models
+and our ``--detector`` / ``--segmentor`` configs then run twice, eagerly and with the graphs
+(rows ``+bbgraphs``; the downstream configs taking turns with the other configs). ``--ab NAME=VALUE ...`` (alias ``--ab-env``)
 measures each of our models (and our detector / segmentor configs) without and with these
 switches set: environment variables, or module attributes by dotted name
 (``mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=264``, a Python literal); rows
@@ -195,12 +195,11 @@ def release_backbone_graph(backbone):
     return True
 
 
-def bench_classification(name, arms, args, device, timer):
+def bench_classification(name, arms, args, device, timer, bb_graphs=False):
     """Rows of one model, per dtype and per A/B arm ((environment variables, label suffix), see
     :func:`ab_runs`); the arms alternate at every warm-up and timed iteration
-    (:meth:`Timer.arms`)."""
+    (:meth:`Timer.arms`). ``bb_graphs``: our backbone with ``cuda_graph=True``."""
     rows = []
-    bb_graphs = args.backbone_graphs and device.type == 'cuda' and MODELS[name][0] == 'mmdefscan'
     model = Classifier(build_backbone(name, bb_graphs)).to(device)
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
@@ -449,8 +448,12 @@ def main():
     timer = Timer(device)
     rows = []
     for name in args.models:
-        rows += bench_classification(name, ab_runs(MODELS[name][0] == 'mmdefscan', args), args,
-                                     device, timer)
+        ours = MODELS[name][0] == 'mmdefscan'
+        # --backbone-graphs: our models eager, then graphed, as the detectors and segmentors
+        for bb_graphs in (False, True) if ours and args.backbone_graphs and \
+                device.type == 'cuda' else (False,):
+            rows += bench_classification(name, ab_runs(ours, args), args, device, timer,
+                                         bb_graphs)
     downstream = []
     for kind, configs in (('det', args.detector), ('seg', args.segmentor)):
         entries = [(config, kind, ab_runs('::' not in config, args), False)
