@@ -91,9 +91,9 @@ def test_the_recipe_trains_through_tools_train_on_a_folder_dataset(tmp_path):
     config = tmp_path / 'recipe.py'
     config.write_text(
         f"_base_ = [{str(REPO / 'configs/imagenet/defmamba_t_in1k.py')!r}]\n"
-        "train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dict("
-        f"_delete_=True, type='CustomDataset', data_root={str(tmp_path / 'data')!r}, "
-        "pipeline={{_base_.train_pipeline}}))\n"
+        "train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, "
+        f"dataset=dict(_delete_=True, type='CustomDataset', data_root={str(tmp_path / 'data')!r},"
+        " pipeline={{_base_.train_pipeline}}))\n"
         "train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=10)\n"
         "val_dataloader = val_evaluator = val_cfg = None\n"
         "test_dataloader = test_evaluator = test_cfg = None\n"

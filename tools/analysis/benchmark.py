@@ -17,9 +17,10 @@ H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds o
 with ``cuda_graph=True``, what a user can switch on: only their training forward + backward
 replay from graphs, the rest of the step stays eager, and the peers stay eager; our models
 and our ``--detector`` / ``--segmentor`` configs then run twice, eagerly and with the graphs
-(rows ``+bbgraphs``; the downstream configs taking turns with the other configs). ``--ab NAME=VALUE ...`` (alias ``--ab-env``)
-measures each of our models (and our detector / segmentor configs) without and with these
-switches set: environment variables, or module attributes by dotted name
+(rows ``+bbgraphs``; the downstream configs taking turns with the other configs).
+``--ab NAME=VALUE ...`` (alias ``--ab-env``) measures each of our models (and our detector /
+segmentor configs) without and with these switches set: environment variables, or module
+attributes by dotted name
 (``mmdefscan.ops.kernels.selective_scan_triton.WANTED_PROGRAMS=264``, a Python literal); rows
 ``NAME [NAME=VALUE]``. The two arms take turns at every iteration, so that both see the same
 drift of the device's host (runs in separate processes differ by up to 20%, runs one after the
