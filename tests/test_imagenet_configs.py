@@ -3,6 +3,7 @@ recipe and takes one training loss step (mixup / cutmix on) whose gradients reac
 the recipe trains through tools/train.py."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,40 +76,66 @@ def test_config_builds_and_takes_a_loss_step(path):
     assert first.grad.abs().sum() > 0
 
 
-def test_the_recipe_trains_through_tools_train_on_a_folder_dataset(tmp_path):
+def test_the_recipe_trains_and_tests_through_the_tools_on_a_folder_dataset(tmp_path):
     """tools/train.py runs DefMamba-T's recipe (RandAugment, random erasing, Mixup / CutMix, EMA,
     gradient clipping) in full precision (--no-amp: its AMP wrapper is for CUDA) on a
-    class-folder dataset, tiny backbone: two iterations with finite losses, and no torchvision
-    needed (mmpretrain's datasets import through the stand-in)."""
+    class-folder dataset, tiny backbone: two iterations with finite losses; tools/test.py then
+    evaluates the checkpoint with the recipe's test pipeline. No torchvision needed
+    (mmpretrain's datasets import through the stand-in)."""
     import cv2
     import numpy as np
     rng = np.random.default_rng(0)
     for label in range(2):
-        folder = tmp_path / 'data' / f'class{label}'
+        folder = tmp_path / 'data' / 'train' / f'class{label}'
         folder.mkdir(parents=True)
         for i in range(4):
             cv2.imwrite(str(folder / f'{i}.png'), (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    def loader(pipeline):  # the folder dataset with one of the recipe's pipelines
+        return ("dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dict("
+                f"_delete_=True, type='CustomDataset', data_root={str(tmp_path / 'data')!r}, "
+                "data_prefix='train', pipeline={{_base_." + pipeline + "}}))")
     config = tmp_path / 'recipe.py'
     config.write_text(
         f"_base_ = [{str(REPO / 'configs/imagenet/defmamba_t_in1k.py')!r}]\n"
-        "train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, "
-        f"dataset=dict(_delete_=True, type='CustomDataset', data_root={str(tmp_path / 'data')!r},"
-        " pipeline={{_base_.train_pipeline}}))\n"
+        f"train_dataloader = {loader('train_pipeline')}\n"
+        f"test_dataloader = {loader('test_pipeline')}\n"
+        "test_evaluator = dict(type='Accuracy', topk=(1, ))\n"
         "train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=10)\n"
         "val_dataloader = val_evaluator = val_cfg = None\n"
-        "test_dataloader = test_evaluator = test_cfg = None\n"
         "param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True, end=10)]\n"
         "default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=10))\n")
+    tiny = ['model.backbone.dims=[16,32,32,32]', 'model.backbone.depths=[1,1,1,1]',
+            'model.head.in_channels=32']
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
     work_dir = tmp_path / 'work'
     result = subprocess.run(
         [sys.executable, 'tools/train.py', str(config), '--no-amp', '--work-dir', str(work_dir),
-         '--cfg-options', 'model.backbone.dims=[16,32,32,32]', 'model.backbone.depths=[1,1,1,1]',
-         'model.head.in_channels=32', 'randomness.seed=0'],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PYTHONWARNINGS='ignore'))
+         '--cfg-options', *tiny, 'randomness.seed=0'],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert 'finished training at iteration 2' in result.stdout
     rows = [json.loads(line) for f in work_dir.glob('*/vis_data/scalars.json')
             for line in f.read_text().splitlines()]
     losses = [row['loss'] for row in rows if 'loss' in row]
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
+
+    result = subprocess.run(
+        [sys.executable, 'tools/test.py', str(config), str(work_dir / 'epoch_1.pth'),
+         '--work-dir', str(tmp_path / 'test'), '--cfg-options', *tiny],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    top1 = re.search(r'accuracy/top1: ([0-9.]+)', result.stdout + result.stderr)
+    assert top1 and 0.0 <= float(top1.group(1)) <= 100.0, result.stdout[-2000:]
+
+
+def test_a_missing_folder_of_a_folder_dataset_is_named(tmp_path):
+    """mmpretrain's folder datasets take ``data_prefix`` as one string: the early data check
+    names it (it iterated a dict's items and failed with an AttributeError)."""
+    from mmdefscan.engine import check_data_paths
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(
+        type='CustomDataset', data_root=str(tmp_path), data_prefix='train'))))
+    with pytest.raises(FileNotFoundError,
+                       match=r'train_dataloader\.dataset\.data_prefix: .*train does not exist'):
+        check_data_paths(cfg)
+    (tmp_path / 'train').mkdir()
+    check_data_paths(cfg)

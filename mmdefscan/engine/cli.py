@@ -67,9 +67,13 @@ def check_data_paths(cfg, splits=('train_dataloader', 'val_dataloader', 'test_da
         paths = [('data_root', root)] if root else []
         if ds.get('ann_file'):
             paths.append(('ann_file', osp.join(root, ds['ann_file'])))
-        for key, sub in (ds.get('data_prefix') or {}).items():
+        prefix = ds.get('data_prefix') or {}
+        if isinstance(prefix, str):  # mmpretrain's folder datasets take one prefix
+            prefix = {None: prefix}
+        for key, sub in prefix.items():
             if sub:
-                paths.append((f'data_prefix.{key}', osp.join(root, sub)))
+                name = 'data_prefix' if key is None else f'data_prefix.{key}'
+                paths.append((name, osp.join(root, sub)))
         for key, path in paths:
             if not osp.exists(path):
                 raise FileNotFoundError(f'{where}.{key}: {path} does not exist')
