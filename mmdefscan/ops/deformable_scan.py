@@ -157,8 +157,11 @@ class DeformableScan(nn.Module):
         self.rpe_table = nn.Parameter(torch.zeros(dim, 7, 7))
         nn.init.trunc_normal_(self.rpe_table, std=0.01)
 
-    def forward(self, x):
-        batch, _, height, width = x.shape
+    def points_and_keys(self, x):
+        """Where the deformable tokens of x (B, D, H, W) are read and in which order: the points
+        (B, H, W, 2) as (x, y), normalised for ``grid_sample(align_corners=True)``, and the sort
+        keys (B, H*W) whose ascending order is the scan order; float32 (float64 stays)."""
+        height, width = x.shape[2:]
         length = height * width
         # positions and sort keys in float32 (float64 stays): a half-precision grid or key cannot
         # tell neighbouring tokens apart on a detection-size map (fp16 overflows past 65504)
@@ -172,6 +175,12 @@ class DeformableScan(nn.Module):
         pos = torch.addcmul(ref_yx, offset, scale_yx).flip(-1)
         keys = order_offset.tanh().flatten(1) + _normalised_grid(
             (0.5, length - 0.5), length, length, dtype, device)
+        return pos, keys
+
+    def forward(self, x):
+        batch, _, height, width = x.shape
+        pos, keys = self.points_and_keys(x)
+        dtype, device = pos.dtype, x.device
         # float64 takes the exact PyTorch path, and so do small maps in training: there the Triton
         # path's backward (35 small operators) costs the host more than PyTorch's atomic adds
         # cost the GPU

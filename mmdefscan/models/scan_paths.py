@@ -1,0 +1,88 @@
+"""Where the learned scans of a backbone read: image-space points and token order.
+
+DefMamba's deformable scan reads every token at a predicted point and scans the tokens in a
+predicted order; DAMamba's dynamic adaptive scan reads token (i, j) of its raster sequence at
+(i + dy, j + dx). :func:`record_scan_paths` runs one image through a backbone and returns, for
+every such module, the points in the image's pixel coordinates and (DefMamba) the rank of every
+token in the scan order. Spatial-Mamba's state fusion has no learned path (a fixed dilated
+neighbourhood) and is not covered. Used by ``tools/visualize_scan.py``.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..ops import DeformableScan, DynamicAdaptiveScan
+
+
+@dataclass
+class ScanPath:
+    """One scan module's path for the first image of the batch.
+
+    name: the module's name in the backbone. ``stride``: image pixels per map pixel (y, x).
+    ``reference``, ``points``: (H, W, 2) image coordinates (x, y) of each token's own pixel centre
+    and of the point it is read at (DAMamba: its first group). ``rank``: (H, W) position of each
+    token in the scan order, or None for raster order.
+    """
+    name: str
+    stride: tuple
+    reference: torch.Tensor
+    points: torch.Tensor
+    rank: Optional[torch.Tensor] = None
+
+
+def _pixel_centres(height, width, stride):
+    """(H, W, 2) image coordinates (x, y) of the map's pixel centres."""
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) * stride[0]
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) * stride[1]
+    return torch.stack(torch.meshgrid(xs, ys, indexing='xy'), -1)
+
+
+def _deformable_path(name, module, x, stride):
+    pos, keys = module.points_and_keys(x[:1])
+    height, width = x.shape[2:]
+    # grid_sample(align_corners=True) puts -1 / 1 on the first / last pixel centre
+    sides = torch.tensor([max(width - 1, 1), max(height - 1, 1)], dtype=torch.float64)
+    pixel = (pos[0].double().cpu() + 1) / 2 * sides  # map pixel index (x, y)
+    scale = torch.tensor([stride[1], stride[0]], dtype=torch.float64)
+    order = torch.argsort(keys[0].cpu(), stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+    return ScanPath(name, stride, _pixel_centres(height, width, stride), (pixel + 0.5) * scale,
+                    rank.view(height, width))
+
+
+def _adaptive_path(name, module, z, stride):
+    offsets = module.predict_offsets(z[:1])[0, ..., :2].double().cpu()  # group 0: (dx, dy)
+    height, width = z.shape[2:]
+    reference = _pixel_centres(height, width, stride)
+    scale = torch.tensor([stride[1], stride[0]], dtype=torch.float64)
+    return ScanPath(name, stride, reference, reference + offsets * scale)
+
+
+@torch.no_grad()
+def record_scan_paths(backbone, image):
+    """Run ``image`` (1, 3, H, W), normalised as the backbone expects, through ``backbone`` in
+    eval mode; the :class:`ScanPath` of every deformable / adaptive scan, in forward order."""
+    inputs = []
+
+    def keep(name):
+        return lambda module, args: inputs.append((name, module, args[0]))
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in backbone.named_modules()
+             if isinstance(m, (DeformableScan, DynamicAdaptiveScan))]
+    if not hooks:
+        raise ValueError(f'{type(backbone).__name__} has no learned scan path (DefMamba\'s '
+                         'deformable scan or DAMamba\'s dynamic adaptive scan)')
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        backbone(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        backbone.train(was_training)
+    paths = []
+    for name, module, x in inputs:
+        stride = (image.shape[2] / x.shape[2], image.shape[3] / x.shape[3])
+        path = _deformable_path if isinstance(module, DeformableScan) else _adaptive_path
+        paths.append(path(name, module, x, stride))
+    return paths
