@@ -1,11 +1,12 @@
 """Draw where a backbone's learned scans read an image, and in which order.
 
-    python tools/visualize_scan.py CONFIG IMAGE [--checkpoint CKPT] [--size 512]
-                                   [--out-dir DIR] [--device cpu|cuda]
+    python tools/visualize_scan.py CONFIG IMAGE [--checkpoint CKPT [--prefix backbone.]]
+                                   [--size 512] [--out-dir DIR] [--device cpu|cuda]
 
 CONFIG is an mm config whose backbone is DefMamba or DAMamba (detection, segmentation or
 classification; its data_preprocessor gives the normalisation), CHECKPOINT a checkpoint of that
-model (keys under ``backbone.``) or of the backbone alone; without one the backbone keeps its
+model (keys under ``--prefix``, ``backbone.``) or, with ``--prefix ''``, of the backbone alone;
+without one the backbone keeps its
 random initialisation, and the tool says so. For every deformable / adaptive scan module it
 writes ``NN_<module>_points.png`` (arrows from each token's pixel to the point it reads, on a
 sub-grid) and, for DefMamba, ``NN_<module>_order.png`` (each token coloured by its position in
@@ -24,8 +25,8 @@ from mmengine.config import Config
 
 import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.engine import run_cli
-from mmdefscan.models.checkpoint import CheckpointError, load_backbone_weights
-from mmdefscan.models.scan_paths import record_scan_paths
+from mmdefscan.models.checkpoint import load_backbone_weights
+from mmdefscan.models.scan_paths import image_scale, record_scan_paths
 from mmdefscan.registry import MODELS
 
 # ImageNet statistics (RGB), when the config has no data_preprocessor
@@ -37,6 +38,8 @@ def parse_args():
     parser.add_argument('config', help='mm config with a DefMamba or DAMamba backbone')
     parser.add_argument('image', help='image file')
     parser.add_argument('--checkpoint', help='model or backbone checkpoint')
+    parser.add_argument('--prefix', default='backbone.',
+                        help="the backbone's keys in the checkpoint ('' for a backbone checkpoint)")
     parser.add_argument('--size', type=int, default=512,
                         help='short side of the input, rounded to a multiple of 32')
     parser.add_argument('--out-dir', default='work_dirs/scan_paths')
@@ -44,7 +47,7 @@ def parse_args():
     return parser.parse_args()
 
 
-def build_backbone(cfg, checkpoint):
+def build_backbone(cfg, checkpoint, prefix):
     backbone_cfg = dict(cfg.model.backbone)
     backbone_cfg.pop('init_cfg', None)
     backbone_cfg['type'] = backbone_cfg['type'].split('.')[-1]  # 'mmdefscan.DefMamba'
@@ -53,15 +56,9 @@ def build_backbone(cfg, checkpoint):
     if checkpoint is None:
         print('no --checkpoint: the backbone has random weights, so are its scan paths')
         return backbone
-    try:  # a detector / segmentor / classifier checkpoint first, then a backbone one
-        load_backbone_weights(backbone, checkpoint, prefix='backbone.',
-                              head_prefixes=backbone.head_prefixes,
-                              optional_prefixes=backbone.optional_prefixes)
-    except CheckpointError as err:
-        if 'no key starts with prefix' not in str(err):
-            raise
-        load_backbone_weights(backbone, checkpoint, head_prefixes=backbone.head_prefixes,
-                              optional_prefixes=backbone.optional_prefixes)
+    load_backbone_weights(backbone, checkpoint, prefix=prefix or None,
+                          head_prefixes=backbone.head_prefixes,
+                          optional_prefixes=backbone.optional_prefixes)
     return backbone
 
 
@@ -102,7 +99,7 @@ def draw_order(image, path):
 
 
 def summary(path):
-    map_shift = (path.points - path.reference) / torch.tensor(path.stride[::-1]).double()
+    map_shift = (path.points - path.reference) / image_scale(path.stride)
     shift = map_shift.norm(dim=-1)
     row = f'| {path.name} | {path.reference.shape[0]}x{path.reference.shape[1]} | ' \
           f'{shift.mean():.2f} | {shift.max():.2f} |'
@@ -119,7 +116,7 @@ def main():
         raise FileNotFoundError(f'config {args.config} does not exist')
     cfg = Config.fromfile(args.config)
     norm = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or DEFAULT_NORM)
-    backbone = build_backbone(cfg, args.checkpoint).to(args.device)
+    backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
     image, x = load_image(args.image, args.size, norm)
     paths = record_scan_paths(backbone, x.to(args.device))
     os.makedirs(args.out_dir, exist_ok=True)

@@ -31,6 +31,11 @@ class ScanPath:
     rank: Optional[torch.Tensor] = None
 
 
+def image_scale(stride):
+    """Image pixels per map pixel as (x, y), for points stored as (x, y); ``stride`` is (y, x)."""
+    return torch.tensor([stride[1], stride[0]], dtype=torch.float64)
+
+
 def _pixel_centres(height, width, stride):
     """(H, W, 2) image coordinates (x, y) of the map's pixel centres."""
     ys = (torch.arange(height, dtype=torch.float64) + 0.5) * stride[0]
@@ -44,10 +49,10 @@ def _deformable_path(name, module, x, stride):
     # grid_sample(align_corners=True) puts -1 / 1 on the first / last pixel centre
     sides = torch.tensor([max(width - 1, 1), max(height - 1, 1)], dtype=torch.float64)
     pixel = (pos[0].double().cpu() + 1) / 2 * sides  # map pixel index (x, y)
-    scale = torch.tensor([stride[1], stride[0]], dtype=torch.float64)
     order = torch.argsort(keys[0].cpu(), stable=True)
     rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
-    return ScanPath(name, stride, _pixel_centres(height, width, stride), (pixel + 0.5) * scale,
+    return ScanPath(name, stride, _pixel_centres(height, width, stride),
+                    (pixel + 0.5) * image_scale(stride),
                     rank.view(height, width))
 
 
@@ -55,8 +60,7 @@ def _adaptive_path(name, module, z, stride):
     offsets = module.predict_offsets(z[:1])[0, ..., :2].double().cpu()  # group 0: (dx, dy)
     height, width = z.shape[2:]
     reference = _pixel_centres(height, width, stride)
-    scale = torch.tensor([stride[1], stride[0]], dtype=torch.float64)
-    return ScanPath(name, stride, reference, reference + offsets * scale)
+    return ScanPath(name, stride, reference, reference + offsets * image_scale(stride))
 
 
 @torch.no_grad()

@@ -451,8 +451,8 @@ def main():
     for name in args.models:
         ours = MODELS[name][0] == 'mmdefscan'
         # --backbone-graphs: our models eager, then graphed, as the detectors and segmentors
-        for bb_graphs in (False, True) if ours and args.backbone_graphs and \
-                device.type == 'cuda' else (False,):
+        both = ours and args.backbone_graphs and device.type == 'cuda'
+        for bb_graphs in (False, True) if both else (False,):
             rows += bench_classification(name, ab_runs(ours, args), args, device, timer,
                                          bb_graphs)
     downstream = []
