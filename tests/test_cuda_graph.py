@@ -14,6 +14,19 @@ NAMES = ['DefMamba', 'SpatialMamba', 'DAMamba']
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
+@pytest.fixture
+def fake_memory(monkeypatch):
+    """Stand-ins for the device's memory in GiB (the captures are faked): plenty free unless a
+    test says otherwise."""
+    from mmdefscan.models import cuda_graph
+    memory = dict(free=100.0, total=140.0, reserved=0.0, allocated=0.0)
+    monkeypatch.setattr(cuda_graph, 'free_and_total_memory',
+                        lambda device: (memory['free'] * 2**30, memory['total'] * 2**30))
+    monkeypatch.setattr(cuda_graph, 'held_memory',
+                        lambda device: (memory['reserved'] * 2**30, memory['allocated'] * 2**30))
+    return memory
+
+
 def pair(name, device='cpu', cuda_graph=True, **kwargs):
     """(backbone with cuda_graph, the same weights without), tiny, no drop path."""
     torch.manual_seed(0)
@@ -308,7 +321,7 @@ def test_a_second_forward_before_the_backward_runs_eagerly(monkeypatch):
     assert len(replays) == 3
 
 
-def test_cuda_graph_captures_each_new_input_up_to_its_number(monkeypatch):
+def test_cuda_graph_captures_each_new_input_up_to_its_number(monkeypatch, fake_memory):
     """Detection batches come in several padded shapes: each new one is captured until
     ``cuda_graph=N`` graphs exist, a known one replays its own graph, and later new ones run
     eagerly."""
@@ -361,7 +374,7 @@ class _Linear(torch.nn.Module):
         return (x * self.weight,)
 
 
-def test_replayed_gradients_accumulate(monkeypatch):
+def test_replayed_gradients_accumulate(monkeypatch, fake_memory):
     """Gradient accumulation (mmengine's ``accumulative_counts``) over replays: autograd would
     keep the graph's static gradient buffer as ``.grad``, and the next replay would overwrite
     the sum. The cache hands copies to autograd, so two backwards add up."""
@@ -434,7 +447,7 @@ def test_the_capture_takes_stand_ins_with_and_without_torch_distributed(distribu
 
 
 @pytest.mark.parametrize('world_size', [1, 2])
-def test_syncbatchnorm_under_several_processes_runs_eagerly(world_size, monkeypatch):
+def test_syncbatchnorm_under_several_processes_runs_eagerly(world_size, monkeypatch, fake_memory):
     """DAMamba's default norm is SyncBatchNorm: with more than one process its training forward
     would run collectives, which were never captured here, so it runs eagerly and says so once;
     with one process (no collectives) it is captured. (The process group is faked, so the
@@ -464,7 +477,7 @@ def test_syncbatchnorm_under_several_processes_runs_eagerly(world_size, monkeypa
         assert not any('SyncBatchNorm' in m for m in messages)
 
 
-def test_the_log_counts_replayed_and_eager_calls(monkeypatch):
+def test_the_log_counts_replayed_and_eager_calls(monkeypatch, fake_memory):
     """Every REPORT_EVERY training calls of which some ran eagerly, one line counts the replayed
     and the eager ones by reason; a window that replayed throughout logs nothing."""
     from mmdefscan.models import cuda_graph
@@ -486,3 +499,80 @@ def test_the_log_counts_replayed_and_eager_calls(monkeypatch):
     for _ in range(5):
         model(small)
     assert len([m for m in messages if 'training calls' in m]) == 1
+
+
+def test_captures_stop_when_the_device_runs_short_of_memory(monkeypatch, fake_memory):
+    """A detector's shapes are captured while the device keeps room: besides the next capture
+    (expected to cost the largest growth of reserved or allocated memory so far), a tenth of its memory or that cost, whichever is
+    larger, must stay free. The first refusal is logged with the figures and ends the captures;
+    the graphs already captured still replay."""
+    from mmdefscan.models import cuda_graph
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).train()
+    cache = model.cuda_graph
+    fake_memory.update(free=9.0, total=20.0)
+    captured, costs = [], []
+    # growth of (reserved, allocated) per capture: the first takes its pool from cached blocks
+    growth = iter([(0.0, 1.5), (2.0, 0.5), (2.0, 0.5)])
+
+    def capture(backbone, x, key):  # each capture takes 2 GiB from the device
+        captured.append(tuple(x.shape))
+        costs.append(cache.capture_cost / 2**30)
+        fake_memory['free'] -= 2.0
+        reserved, allocated = next(growth)
+        fake_memory['reserved'] += reserved
+        fake_memory['allocated'] += allocated
+        return lambda x, *params: (torch.ones(1),)
+    monkeypatch.setattr(cache, 'capture', capture)
+    monkeypatch.setattr(model, 'forward_eager', lambda x: (torch.zeros(1),))
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
+    messages = []
+    monkeypatch.setattr(cuda_graph, 'print_log', lambda message, logger: messages.append(message))
+    shapes = [(1, 3, 32, 32 * n) for n in range(1, 6)]
+    path = {1.0: 'graph', 0.0: 'eager'}
+    paths = [path[cache(model, torch.zeros(shape))[0].item()] for shape in shapes + shapes[:1]]
+    # free 9 -> 7 -> 5 -> 3 GiB; the fourth needs 2 + max(2, 2) = 4
+    assert captured == shapes[:3] and costs == [0.0, 1.5, 2.0]
+    assert cache.capture_cost == 2 * 2**30
+    assert paths == ['graph'] * 3 + ['eager'] * 2 + ['graph']
+    refusals = [m for m in messages if 'needed for another capture' in m]
+    assert refusals == ['DefMamba: cuda_graph: 3.0 GiB free on the device, 4.0 GiB needed for '
+                        'another capture (the largest so far took 2.0 GiB); this '
+                        'input (1, 3, 32, 128) and any other new one run eagerly; 3 graphs replay']
+    fake_memory['free'] = 50.0  # memory freed later does not restart the captures
+    assert path[cache(model, torch.zeros(1, 3, 64, 64))[0].item()] == 'eager'
+    assert len(captured) == 3
+
+
+def test_the_first_capture_keeps_a_tenth_of_the_device_free(monkeypatch, fake_memory):
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).train()
+    monkeypatch.setattr(model.cuda_graph, 'capture', lambda *args: pytest.fail('captured'))
+    eager = (torch.zeros(1),)
+    monkeypatch.setattr(model, 'forward_eager', lambda x: eager)
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(lambda backbone, x: True))
+    fake_memory.update(free=13.9, total=140.0)
+    assert model(torch.zeros(1, 3, 32, 32)) is eager
+    assert 'memory' in model.cuda_graph.reported
+
+
+@cuda
+def test_a_full_device_runs_new_shapes_eagerly():
+    """On the GPU: with the device's memory taken by another tensor, a new shape is not captured
+    (it runs eagerly, with eager outputs) and the graph captured before keeps replaying."""
+    graphed, eager = pair('DefMamba', 'cuda', cuda_graph=True)
+    graphed.train(), eager.train()
+    first, second = torch.randn(2, 3, 64, 64, device='cuda'), torch.randn(2, 3, 64, 96,
+                                                                          device='cuda')
+    sum(o.sum() for o in graphed(first)).backward()
+    assert len(graphed.cuda_graph.graphs) == 1 and graphed.cuda_graph.capture_cost > 0
+    free, total = torch.cuda.mem_get_info()
+    filler = torch.empty(int(free - 0.05 * total), dtype=torch.uint8, device='cuda')
+    try:
+        for x in (second, first):
+            outs = graphed(x)
+            expected = eager(x)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(outs, expected))
+            sum(o.sum() for o in outs).backward()
+        assert len(graphed.cuda_graph.graphs) == 1 and graphed.cuda_graph.out_of_room
+        assert graphed.cuda_graph.calls == {None: 2, 'short of device memory': 1}
+    finally:
+        del filler

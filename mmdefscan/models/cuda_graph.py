@@ -15,8 +15,11 @@ batches come in several (how many of a COCO schedule's batches replay depends on
 not measured here).
 All graphs share one memory pool, so their activations may reuse one another's memory; each
 keeps its own outputs and parameter gradients (Mask R-CNN with DefMamba-S: about 0.8 GiB per
-extra shape, docs/performance.md round 12). Anything else (eval, no_grad, shapes past
-the limit) runs eagerly; the first such input is reported in the log, and every 1000 training
+extra shape, docs/performance.md round 12). A new input is captured only while the device keeps room
+for it: a tenth of its memory (or the largest capture so far, if more) must stay free besides
+the capture itself, so that the eager calls of other shapes still fit; once a capture is
+refused no more are made. Anything else (eval, no_grad, shapes past the limit or past the
+memory) runs eagerly; the first such input is reported in the log, and every 1000 training
 calls of which some ran eagerly the log counts the replayed and the eager ones (how much of a
 detector's schedule the graphs serve).
 Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
@@ -77,6 +80,19 @@ def _syncs_across_processes(backbone):
 
 DEFAULT_MAX_SHAPES = 8
 REPORT_EVERY = 1000  # training calls between the counts of replayed and eager ones
+KEEP_FREE = 0.1  # the share of the device's memory a capture leaves free
+
+
+def free_and_total_memory(device):
+    """(bytes free on the device outside PyTorch's cache, bytes in all)."""
+    return torch.cuda.mem_get_info(device)
+
+
+def held_memory(device):
+    """(bytes PyTorch's caching allocator holds on the device, graph pools included; bytes its
+    tensors take). A capture may take its pool's memory from blocks already cached (no growth
+    of the first), but its outputs and gradients stay allocated (growth of the second)."""
+    return torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
 
 
 class CudaGraphCache:
@@ -93,6 +109,8 @@ class CudaGraphCache:
         self.node = None  # weak reference to the autograd node of the last replay
         self.backward_ran = True
         self.syncs = None  # whether the forward runs collectives (found at the first call)
+        self.capture_cost = 0  # the largest memory growth over one capture (bytes)
+        self.out_of_room = False  # a capture was refused for memory: no more captures
         self.calls = collections.Counter()  # why the training calls ran eagerly (None: replayed)
 
     @classmethod
@@ -178,8 +196,30 @@ class CudaGraphCache:
                                  f'autocast {key[3]}) and any other new input run eagerly '
                                  '(cuda_graph=N keeps N)')
                 return None, 'past the limit of graphs'
+            if not self._room_for_another(backbone, x, key):
+                return None, 'short of device memory'
+            before = held_memory(x.device)
             graphed = self.graphs[key] = self.capture(backbone, x, key)
+            growth = max(now - then for now, then in zip(held_memory(x.device), before))
+            self.capture_cost = max(self.capture_cost, growth)
         return graphed, None
+
+    def _room_for_another(self, backbone, x, key):
+        """Whether the device keeps room for one more capture (its expected cost is the
+        largest so far) and, besides it, KEEP_FREE of its memory or that cost, whichever is
+        larger. The first refusal is logged and ends the captures."""
+        if not self.out_of_room:
+            free, total = free_and_total_memory(x.device)
+            needed = self.capture_cost + max(self.capture_cost, KEEP_FREE * total)
+            self.out_of_room = free < needed
+            if self.out_of_room:
+                gib = 2 ** 30
+                self.report_once(backbone, 'memory', f'cuda_graph: {free / gib:.1f} GiB free on '
+                                 f'the device, {needed / gib:.1f} GiB needed for another capture '
+                                 f'(the largest so far took {self.capture_cost / gib:.1f} GiB); '
+                                 f'this input {key[0]} and any other new one run eagerly; '
+                                 f'{len(self.graphs)} graphs replay')
+        return not self.out_of_room
 
     def _count(self, backbone, eager_reason):
         """Tally the training calls; every ``REPORT_EVERY`` of them in which some ran eagerly,

@@ -8,7 +8,8 @@
 
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
-training step. fp32 runs with TF32 on (CUDA); bf16 under autocast. CUDA timings use events;
+training step: the model's own (weights, optimizer state, CUDA-graph pool and what the step
+allocates), not the input batch nor anything an earlier model left (``left_over_GiB``). fp32 runs with TF32 on (CUDA); bf16 under autocast. CUDA timings use events;
 the median of ``--iters`` runs after ``--warmup``. ``--compile`` runs every model through
 ``torch.compile`` (warm-up includes the compilation); ``--cuda-graphs`` captures every model's
 inference step and whole training step (forward, backward, AdamW) in a CUDA graph and times its
@@ -27,12 +28,14 @@ drift of the device's host (runs in separate processes differ by up to 20%, runs
 other in one process by 10-20%). ``--paired`` does the same for the detectors (and for the
 segmentors): all their iterations take turns, so the ratio to the peer's config is measured on
 the same host. ``--det-shapes`` feeds the detectors batches of several padded shapes in turn
-(as mmdet's keep-ratio resize does), instead of one of 800x1344. A markdown table is printed
-last.
+(as mmdet's keep-ratio resize does), instead of one of 800x1344; their rows give the median and
+the mean iteration (the schedule's cost, with the shapes that run eagerly). A markdown table is
+printed last.
 """
 import argparse
 import ast
 import contextlib
+import gc
 import importlib
 import itertools
 import json
@@ -120,8 +123,8 @@ class Timer:
         self.cuda = device.type == 'cuda'
 
     def arms(self, fns, iters, warmup, kept=None):
-        """(median seconds, median host seconds, peak GiB or nan) of each of ``fns``, called in
-        turn at every iteration: the arms of an A/B see the same drift of the device's host,
+        """(median seconds, median host seconds, peak GiB or nan, mean seconds) of each of
+        ``fns``, called in turn at every iteration: the arms of an A/B see the same drift of the device's host,
         which moves runs made one after the other by 10-20%. ``kept``: for each arm, a function
         giving the bytes its model keeps between steps (read before each step); the peak is
         then that plus what the step allocated above the memory in use when it began (other
@@ -147,7 +150,7 @@ class Timer:
                 if i >= warmup:  # the warm-up counts for the peak only (a graph's capture)
                     host[k].append(returned)
                     times[k].append(start.elapsed_time(end) / 1e3 if self.cuda else returned)
-        return [(statistics.median(t), statistics.median(h), p)
+        return [(statistics.median(t), statistics.median(h), p, statistics.mean(t))
                 for t, h, p in zip(times, host, peak)]
 
 
@@ -187,6 +190,17 @@ def in_arm(fn, settings):
     return run
 
 
+def free_earlier_models(device):
+    """Collect what earlier models left (a captured graph can sit in a reference cycle until the
+    collector runs); GiB still allocated before and after, which no row's peak counts."""
+    if device.type != 'cuda':
+        return None
+    before = torch.cuda.memory_allocated()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return round(before / 2**30, 2), round(torch.cuda.memory_allocated() / 2**30, 2)
+
+
 def release_backbone_graph(backbone):
     """Drop an mmdefscan backbone's captured graph, so that the next dtype captures its own;
     whether the backbone has ``cuda_graph=True``."""
@@ -201,6 +215,7 @@ def bench_classification(name, arms, args, device, timer, bb_graphs=False):
     :func:`ab_runs`); the arms alternate at every warm-up and timed iteration
     (:meth:`Timer.arms`). ``bb_graphs``: our backbone with ``cuda_graph=True``."""
     rows = []
+    left_over = free_earlier_models(device)
     model = Classifier(build_backbone(name, bb_graphs)).to(device)
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
@@ -232,13 +247,14 @@ def bench_classification(name, arms, args, device, timer, bb_graphs=False):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         training = timer.arms([in_arm(cuda_graph(train) if graphs else train, settings)
-                               for settings, _ in arms], args.iters, args.warmup)
-        for (_, label), (t_inf, _, _), (t_train, host, peak) in zip(arms, inference, training):
+                               for settings, _ in arms], args.iters, args.warmup,
+                              [lambda: kept_bytes(model, optimizer)] * len(arms))
+        for (_, label), (t_inf, *_), (t_train, host, peak, _) in zip(arms, inference, training):
             rows.append(dict(model=name + label, dtype=dtype + mode, params_M=round(params, 2),
                              infer_img_s=round(args.batch / t_inf, 1),
                              train_img_s=round(args.train_batch / t_train, 1),
                              train_peak_GiB=round(peak, 2), train_ms=round(t_train * 1e3, 1),
-                             train_host_ms=round(host * 1e3, 1)))
+                             train_host_ms=round(host * 1e3, 1), left_over_GiB=left_over))
             print(rows[-1], flush=True)
     del model, run, optimizer
     if device.type == 'cuda':
@@ -361,10 +377,11 @@ def bench_downstream(entries, args, device, timer):
                 kept.append(lambda m=model, o=optimizer: kept_bytes(m, o))
                 labels.append((config + label, dtype + ('+bbgraphs' if graphed else ''), batches))
         timings = timer.arms(fns, args.iters, args.warmup, kept)
-        for (config, mode, batches), (seconds, _, peak) in zip(labels, timings):
+        for (config, mode, batches), (seconds, _, peak, mean) in zip(labels, timings):
             shapes = ' '.join(f'{x.shape[2]}x{x.shape[3]}' for x, _ in batches)
             rows.append(dict(config=config, dtype=mode, batch=batches[0][0].shape[0],
-                             shape=shapes, s_per_iter=round(seconds, 3), peak_GiB=round(peak, 2)))
+                             shape=shapes, s_per_iter=round(seconds, 3),
+                             s_mean=round(mean, 3), peak_GiB=round(peak, 2)))
             print(rows[-1], flush=True)
     del built
     if device.type == 'cuda':
@@ -487,11 +504,13 @@ def main():
               f"{r['train_img_s']} | {r['train_peak_GiB']} | {r['train_ms']} / "
               f"{r['train_host_ms']} | {ratio} |")
     if downstream:
-        print('\n| config | dtype | batch x shape | s / train iter | peak GiB |')
+        # with several --det-shapes the mean is the schedule's cost (the median hides the
+        # shapes that run eagerly)
+        print('\n| config | dtype | batch x shape | s / train iter, median / mean | peak GiB |')
         print('|---|---|---|---|---|')
         for r in downstream:
             print(f"| {r['config']} | {r['dtype']} | {r['batch']} x {r['shape']} | "
-                  f"{r['s_per_iter']} | {r['peak_GiB']} |")
+                  f"{r['s_per_iter']} / {r['s_mean']} | {r['peak_GiB']} |")
 
 
 if __name__ == '__main__':
