@@ -22,6 +22,19 @@ def test_every_model_family_has_configs():
                 assert kind in names, kind
 
 
+def test_the_single_scale_recipes_of_defmamba_and_spatialmamba_train_from_cuda_graphs():
+    """Which configs switch cuda_graph on: the UperNet (one crop shape) and Mask R-CNN 1x (one
+    resize, a few padded shapes) configs of DefMamba and Spatial-Mamba. The 3x multi-scale
+    configs (many shapes) and DAMamba's (SyncBN under several processes runs eagerly anyway)
+    stay eager. (The ImageNet configs are checked in test_imagenet_configs.py.)"""
+    graphed = {Path(c).name for c in CONFIGS
+               if Config.fromfile(str(REPO / c)).model.backbone.get('cuda_graph')}
+    assert graphed == {f'{kind}_{family}_{variant}_{data}.py' for family in ('defmamba',
+                                                                             'spatialmamba')
+                       for variant in 'tsb'
+                       for kind, data in (('maskrcnn', 'coco'), ('upernet', 'ade20k'))}
+
+
 @pytest.mark.parametrize('path', CONFIGS)
 def test_config_builds_and_forwards(path):
     cfg = Config.fromfile(str(REPO / path))

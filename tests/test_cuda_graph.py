@@ -576,3 +576,23 @@ def test_a_full_device_runs_new_shapes_eagerly():
         assert graphed.cuda_graph.calls == {None: 2, 'short of device memory': 1}
     finally:
         del filler
+
+
+def test_releasing_the_graphs_frees_what_sits_in_reference_cycles():
+    """make_graphed_callables makes a class per capture, and classes sit in reference cycles:
+    dropping the cache alone leaves the graphs' memory to the next collection."""
+    import gc
+    import weakref
+
+    class Graph:  # stands in for a graphed callable: a class, so in a cycle
+        pass
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True)
+    model.cuda_graph.graphs['shape'] = Graph
+    graph = weakref.ref(Graph)
+    del Graph
+    gc.disable()
+    try:
+        model.release_cuda_graph()
+        assert graph() is None and not model.cuda_graph.graphs
+    finally:
+        gc.enable()

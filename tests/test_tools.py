@@ -313,3 +313,50 @@ def test_benchmark_sets_the_backbone_graphs_whatever_the_config_says(graphs):
     assert (model.backbone.cuda_graph is not None) == graphs
     x, samples = benchmark.downstream_batch('seg', torch.device('cpu'), seg_batch=2)
     assert x.shape == (2, 3, 512, 512) and len(samples) == 2
+
+
+def test_benchmark_timer_gives_the_mean_beside_the_median():
+    """With several --det-shapes some batches run eagerly: the median hides them, the mean (the
+    schedule's cost) does not."""
+    import time
+    benchmark = load_tool('benchmark.py')
+    import torch
+    durations = iter([0.0, 0.0, 0.0, 0.08] * 2)
+    ((median, _, _, mean), ) = benchmark.Timer(torch.device('cpu')).arms(
+        [lambda: time.sleep(next(durations))], iters=4, warmup=4)
+    assert median < 0.01 and 0.02 <= mean < 0.04
+
+
+def test_batch_shape_shares_follow_the_cache_rule_and_the_best_case():
+    batch_shapes = load_tool('batch_shapes.py')
+    a, b, c = (2, 3, 800, 1088), (2, 3, 800, 1216), (2, 3, 1088, 800)
+    stream = [c, a, b, a, b, a, b, b]  # c comes first, but is the rarest
+    assert batch_shapes.replayed_share(stream, 1) == 1 / 8
+    assert batch_shapes.best_share(stream, 1) == 4 / 8
+    assert batch_shapes.replayed_share(stream, 2) == 4 / 8
+    assert batch_shapes.best_share(stream, 2) == 7 / 8
+    assert batch_shapes.replayed_share(stream, 3) == batch_shapes.best_share(stream, 3) == 1
+
+
+def test_batch_shapes_counts_a_multi_scale_configs_padded_batches(tmp_path, data_root):
+    """The tool runs the config's loader (aspect-ratio batches of 4) and the model's data
+    preprocessor (padding to the batch's largest image, size divisor 32) over the synthetic set,
+    resized at random to 128x128, 96x160 or 160x96: every batch counted once, shapes padded."""
+    config = tmp_path / 'multi_scale.py'
+    config.write_text(
+        f"_base_ = ['{REPO / DET_CFG}']\n"
+        "train_pipeline = [dict(type='LoadImageFromFile'),\n"
+        "    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),\n"
+        "    dict(type='RandomChoiceResize', scales=[(128, 128), (160, 96), (96, 160)],\n"
+        "         keep_ratio=False),\n"
+        "    dict(type='PackDetInputs')]\n"
+        f"train_dataloader = dict(dataset=dict(pipeline=train_pipeline, data_root='{data_root}/'))\n")
+    result = run_tool(['tools/analysis/batch_shapes.py', str(config), '--batches', '30'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r'^\| 4x3x(\d+)x(\d+) \| (\d+) \| ([\d.]+)% \| ([\d.]+)% \|$',
+                      result.stdout, re.M)
+    assert len(rows) >= 2 and sum(int(r[2]) for r in rows) == 30, result.stdout
+    assert all(int(h) in (96, 128, 160) and int(w) in (96, 128, 160) for h, w, *_ in rows)
+    assert rows[-1][4] == '100.0'
+    first = re.search(r'^\| 1 \| ([\d.]+)% \| ([\d.]+)% \|$', result.stdout, re.M)
+    assert first and first.group(2) == rows[0][3]  # one graph at best: the most frequent shape

@@ -1,4 +1,5 @@
-"""Opt-in CUDA graphs for a backbone's training forward and backward (``cuda_graph=True``).
+"""CUDA graphs for a backbone's training forward and backward (``cuda_graph=True``; the ImageNet
+configs, and the UperNet and Mask R-CNN 1x configs of DefMamba and Spatial-Mamba, switch it on).
 
 A DefMamba training step launches a few hundred small kernels per block, and on an H200 the
 host cannot issue them as fast as the GPU runs them (docs/performance.md, round 4). For a given
@@ -11,14 +12,14 @@ What runs a graph: a training-mode forward with grad enabled, on CUDA, whose inp
 autocast dtype and trainable parameters (and input ``requires_grad``) have a graph. The
 first ``max_shapes`` such inputs (``cuda_graph=True``: 8, ``cuda_graph=N``: N) are captured
 when they first come: classification and segmentation crops need one, a detector's padded
-batches come in several (how many of a COCO schedule's batches replay depends on its shapes;
-not measured here).
+batches come in several (``tools/analysis/batch_shapes.py CONFIG`` counts how many of a
+dataset's batches N graphs would replay).
 All graphs share one memory pool, so their activations may reuse one another's memory; each
-keeps its own outputs and parameter gradients (Mask R-CNN with DefMamba-S: about 0.8 GiB per
-extra shape, docs/performance.md round 12). A new input is captured only while the device keeps room
-for it: a tenth of its memory (or the largest capture so far, if more) must stay free besides
-the capture itself, so that the eager calls of other shapes still fit; once a capture is
-refused no more are made. Anything else (eval, no_grad, shapes past the limit or past the
+keeps its own outputs and parameter gradients (Mask R-CNN, per shape: DefMamba-S about 1 GiB,
+Spatial-Mamba-T 1.9 GiB; docs/performance.md rounds 12 and 15). A new input is captured only
+while the device keeps room for it: a tenth of its memory (or the largest capture so far, if
+more) must stay free besides the capture itself, so that the eager calls of other shapes still
+fit; once a capture is refused no more are made. Anything else (eval, no_grad, shapes past the limit or past the
 memory) runs eagerly; the first such input is reported in the log, and every 1000 training
 calls of which some ran eagerly the log counts the replayed and the eager ones (how much of a
 detector's schedule the graphs serve).

@@ -1,5 +1,7 @@
 """What every mmdefscan backbone shares: strict pretrained loading, frozen stages, input checks,
 opt-in CUDA graphs."""
+import gc
+
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
@@ -33,9 +35,12 @@ class ScanBackbone(BaseModule):
         raise NotImplementedError
 
     def release_cuda_graph(self):
-        """Drop the captured graphs and their memory; training steps capture again."""
+        """Drop the captured graphs and their memory; training steps capture again. torch's
+        graphed callables are classes made per capture, which sit in reference cycles: their
+        memory returns only after a collection (0.4-1.0 GiB per model on the device, round 15)."""
         if self.cuda_graph is not None:
             self.cuda_graph = CudaGraphCache(self.cuda_graph.max_shapes)
+            gc.collect()
 
     def init_weights(self):
         cfg = self.init_cfg
