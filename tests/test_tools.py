@@ -360,3 +360,15 @@ def test_batch_shapes_counts_a_multi_scale_configs_padded_batches(tmp_path, data
     assert rows[-1][4] == '100.0'
     first = re.search(r'^\| 1 \| ([\d.]+)% \| ([\d.]+)% \|$', result.stdout, re.M)
     assert first and first.group(2) == rows[0][3]  # one graph at best: the most frequent shape
+
+
+def test_benchmark_builds_of_one_config_have_the_same_weights():
+    """The eager and graphed builds of a config are compared in one process: their weights (and
+    so DefMamba's learned scan order) must not differ by the random initialisation."""
+    import torch
+    benchmark = load_tool('benchmark.py')
+    eager, graphed = (benchmark.build_downstream_model(str(REPO / DET_CFG), torch.device('cpu'), g)
+                      for g in (False, True))
+    assert graphed.backbone.cuda_graph is not None and eager.backbone.cuda_graph is None
+    weights = graphed.state_dict()
+    assert all(torch.equal(value, weights[key]) for key, value in eager.state_dict().items())

@@ -216,6 +216,7 @@ def bench_classification(name, arms, args, device, timer, bb_graphs=False):
     (:meth:`Timer.arms`). ``bb_graphs``: our backbone with ``cuda_graph=True``."""
     rows = []
     left_over = free_earlier_models(device)
+    torch.manual_seed(0)  # every build of a model (eager, graphed, repeated) the same weights
     model = Classifier(build_backbone(name, bb_graphs)).to(device)
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224, device=device))  # materialise the lazy head
@@ -282,6 +283,7 @@ def build_downstream_model(config, device, cuda_graph=False):
     cfg.model.backbone.pop('init_cfg', None)
     if cfg.model.backbone.type.startswith('mmdefscan.'):
         cfg.model.backbone.cuda_graph = cuda_graph
+    torch.manual_seed(0)  # the eager and graphed builds the same weights
     return registry.build(cfg.model).to(device).train()
 
 
