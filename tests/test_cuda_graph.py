@@ -503,9 +503,9 @@ def test_the_log_counts_replayed_and_eager_calls(monkeypatch, fake_memory):
 
 def test_captures_stop_when_the_device_runs_short_of_memory(monkeypatch, fake_memory):
     """A detector's shapes are captured while the device keeps room: besides the next capture
-    (expected to cost the largest growth of reserved or allocated memory so far), a tenth of its memory or that cost, whichever is
-    larger, must stay free. The first refusal is logged with the figures and ends the captures;
-    the graphs already captured still replay."""
+    (expected to cost the largest growth of reserved or allocated memory so far), a tenth of its
+    memory or that cost, whichever is larger, must stay free. The first refusal is logged with the
+    figures and ends the captures; the graphs already captured still replay."""
     from mmdefscan.models import cuda_graph
     model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True).train()
     cache = model.cuda_graph

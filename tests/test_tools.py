@@ -350,7 +350,8 @@ def test_batch_shapes_counts_a_multi_scale_configs_padded_batches(tmp_path, data
         "    dict(type='RandomChoiceResize', scales=[(128, 128), (160, 96), (96, 160)],\n"
         "         keep_ratio=False),\n"
         "    dict(type='PackDetInputs')]\n"
-        f"train_dataloader = dict(dataset=dict(pipeline=train_pipeline, data_root='{data_root}/'))\n")
+        "train_dataloader = dict(dataset=dict(pipeline=train_pipeline,\n"
+        f"                                      data_root='{data_root}/'))\n")
     result = run_tool(['tools/analysis/batch_shapes.py', str(config), '--batches', '30'])
     assert result.returncode == 0, result.stderr[-3000:]
     rows = re.findall(r'^\| 4x3x(\d+)x(\d+) \| (\d+) \| ([\d.]+)% \| ([\d.]+)% \|$',

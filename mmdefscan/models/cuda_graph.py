@@ -14,13 +14,13 @@ first ``max_shapes`` such inputs (``cuda_graph=True``: 8, ``cuda_graph=N``: N) a
 when they first come: classification and segmentation crops need one, a detector's padded
 batches come in several (``tools/analysis/batch_shapes.py CONFIG`` counts how many of a
 dataset's batches N graphs would replay).
-All graphs share one memory pool, so their activations may reuse one another's memory; each
-keeps its own outputs and parameter gradients (Mask R-CNN, per shape: DefMamba-S about 1 GiB,
-Spatial-Mamba-T 1.9 GiB; docs/performance.md rounds 12 and 15). A new input is captured only
-while the device keeps room for it: a tenth of its memory (or the largest capture so far, if
-more) must stay free besides the capture itself, so that the eager calls of other shapes still
-fit; once a capture is refused no more are made. Anything else (eval, no_grad, shapes past the limit or past the
-memory) runs eagerly; the first such input is reported in the log, and every 1000 training
+All graphs share one memory pool, so their activations may reuse one another's memory; each keeps
+its own outputs and parameter gradients (Mask R-CNN, per shape: DefMamba-S about 1 GiB,
+Spatial-Mamba-T 1.9 GiB; docs/performance.md rounds 12 and 15). A new input is captured only while
+the device keeps room for it: a tenth of its memory (or the largest capture so far, if more) must
+stay free besides the capture itself, so that the eager calls of other shapes still fit; once a
+capture is refused no more are made. Anything else (eval, no_grad, shapes past the limit or past
+the memory) runs eagerly; the first such input is reported in the log, and every 1000 training
 calls of which some ran eagerly the log counts the replayed and the eager ones (how much of a
 detector's schedule the graphs serve).
 Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.

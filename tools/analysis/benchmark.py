@@ -9,8 +9,9 @@
 Classification shape (224x224): backbone + global pool + linear head (1000 classes).
 Inference img/s (no grad), training img/s (forward + backward + AdamW step), peak memory of the
 training step: the model's own (weights, optimizer state, CUDA-graph pool and what the step
-allocates), not the input batch nor anything an earlier model left (``left_over_GiB``). fp32 runs with TF32 on (CUDA); bf16 under autocast. CUDA timings use events;
-the median of ``--iters`` runs after ``--warmup``. ``--compile`` runs every model through
+allocates), not the input batch nor anything an earlier model left (``left_over_GiB``). fp32 runs
+with TF32 on (CUDA); bf16 under autocast. CUDA timings use events; the median of ``--iters`` runs
+after ``--warmup``. ``--compile`` runs every model through
 ``torch.compile`` (warm-up includes the compilation); ``--cuda-graphs`` captures every model's
 inference step and whole training step (forward, backward, AdamW) in a CUDA graph and times its
 replays, which takes the host's launch work out of the classification rows (training on the
@@ -123,11 +124,11 @@ class Timer:
         self.cuda = device.type == 'cuda'
 
     def arms(self, fns, iters, warmup, kept=None):
-        """(median seconds, median host seconds, peak GiB or nan, mean seconds) of each of
-        ``fns``, called in turn at every iteration: the arms of an A/B see the same drift of the device's host,
-        which moves runs made one after the other by 10-20%. ``kept``: for each arm, a function
-        giving the bytes its model keeps between steps (read before each step); the peak is
-        then that plus what the step allocated above the memory in use when it began (other
+        """(median seconds, median host seconds, peak GiB or nan, mean seconds) of each of ``fns``,
+        called in turn at every iteration: the arms of an A/B see the same drift of the device's
+        host, which moves runs made one after the other by 10-20%. ``kept``: for each arm, a
+        function giving the bytes its model keeps between steps (read before each step); the peak
+        is then that plus what the step allocated above the memory in use when it began (other
         arms' models excluded)."""
         times, host = [[] for _ in fns], [[] for _ in fns]
         peak = [float('nan') if not self.cuda else 0.0 for _ in fns]
