@@ -21,10 +21,9 @@ import os.path as osp
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config
 
 import mmdefscan  # noqa: F401  (registers the backbones)
-from mmdefscan.engine import run_cli
+from mmdefscan.engine import load_config, run_cli
 from mmdefscan.models.checkpoint import load_backbone_weights
 from mmdefscan.models.scan_paths import image_scale, record_scan_paths
 from mmdefscan.registry import MODELS
@@ -112,9 +111,7 @@ def summary(path):
 
 def main():
     args = parse_args()
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config {args.config} does not exist')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     norm = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or DEFAULT_NORM)
     backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
     image, x = load_image(args.image, args.size, norm)
