@@ -533,7 +533,11 @@ def test_captures_stop_when_the_device_runs_short_of_memory(monkeypatch, fake_me
     # free 9 -> 7 -> 5 -> 3 GiB; the fourth needs 2 + max(2, 2) = 4
     assert captured == shapes[:3] and costs == [0.0, 1.5, 2.0]
     assert cache.capture_cost == 2 * 2**30
+    assert cache.kept_allocated == 2.5 * 2**30  # the growths of allocated memory, summed
     assert paths == ['graph'] * 3 + ['eager'] * 2 + ['graph']
+    held = [m.split(', ')[-1] for m in messages if 'captured the training forward' in m]
+    assert held == [f'{gib} GiB more held ({n} of at most 8 inputs)'
+                    for n, gib in ((1, '1.50'), (2, '2.00'), (3, '2.00'))]
     refusals = [m for m in messages if 'needed for another capture' in m]
     assert refusals == ['DefMamba: cuda_graph: 3.0 GiB free on the device, 4.0 GiB needed for '
                         'another capture (the largest so far took 2.0 GiB); this '

@@ -129,6 +129,25 @@ def test_bad_config_gives_one_clear_line(tmp_path, data_root, options, message):
     assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
 
 
+@pytest.mark.parametrize('user_setting, cuda_started, expected', [
+    (None, False, 'expandable_segments:True'),
+    ('max_split_size_mb:256', False, 'max_split_size_mb:256'),  # the user's own is kept
+    (None, True, None),  # too late: the allocator read its settings at CUDA's first use
+])
+def test_the_tools_let_the_cuda_allocator_grow_its_segments(monkeypatch, user_setting,
+                                                            cuda_started, expected):
+    """run_cli (every tool's entry) sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before
+    main() runs, unless the user set the variable: with fixed segments the CUDA graphs' pool of
+    the classifiers' training left 1.0-2.3 GiB unused (docs/performance.md, round 16)."""
+    import torch
+    from mmdefscan.engine import run_cli
+    monkeypatch.setenv('PYTORCH_CUDA_ALLOC_CONF', user_setting or '')  # restored afterwards
+    if user_setting is None:
+        monkeypatch.delenv('PYTORCH_CUDA_ALLOC_CONF')
+    monkeypatch.setattr(torch.cuda, 'is_initialized', lambda: cuda_started)
+    assert run_cli(lambda: os.environ.get('PYTORCH_CUDA_ALLOC_CONF')) == expected
+
+
 def test_two_process_training_with_torchrun(tmp_path, data_root):
     opts = TINY_DET + data_options(data_root) + det_eval_options(data_root) + [
         'train_cfg.max_iters=2', 'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=2',
@@ -162,6 +181,8 @@ def test_benchmark_ab_env_alternates_the_arms_at_every_iteration(monkeypatch, tm
             return super().forward(x)
     monkeypatch.setattr(benchmark, 'build_backbone', lambda name, graphs=False: Recorder(name))
     monkeypatch.delenv('MMDEFSCAN_TRITON_MIN_NUMEL', raising=False)
+    monkeypatch.setenv('PYTORCH_CUDA_ALLOC_CONF', '')  # restored after the test
+    monkeypatch.delenv('PYTORCH_CUDA_ALLOC_CONF')
     out = tmp_path / 'rows.json'
     monkeypatch.setattr(sys, 'argv', [
         'benchmark.py', '--models', 'Swin-T/timm', 'DefMamba-T', '--dtypes', 'fp32',
@@ -172,7 +193,9 @@ def test_benchmark_ab_env_alternates_the_arms_at_every_iteration(monkeypatch, tm
     assert seen == ([('Swin-T/timm', False, None)] * 3 + [('Swin-T/timm', True, None)] * 3
                     + [('DefMamba-T', False, arm) for arm in arms]
                     + [('DefMamba-T', True, arm) for arm in arms])
-    rows = json.loads(out.read_text())['classification']
+    written = json.loads(out.read_text())
+    assert written['allocator'] == 'expandable_segments:True'  # as the tools run
+    rows = written['classification']
     assert [r['model'] for r in rows] == [
         'Swin-T/timm', 'DefMamba-T', 'DefMamba-T [MMDEFSCAN_TRITON_MIN_NUMEL=0]']
     assert all(r['train_img_s'] > 0 and r['infer_img_s'] > 0 for r in rows)

@@ -122,12 +122,30 @@ def leave_process_group():
         dist.destroy_process_group()
 
 
+# PyTorch's default allocator cuts a new block out of fixed segments; with the CUDA graphs'
+# private pool that left 1.0-2.3 GiB of the pool unused in the classifiers' training (device,
+# round 16). Growable segments take it back, and shrink the eager cache too.
+ALLOCATOR_DEFAULT = 'expandable_segments:True'
+
+
+def prefer_expandable_segments():
+    """Let PyTorch's CUDA allocator grow its segments (``PYTORCH_CUDA_ALLOC_CONF``), unless the
+    user configured the allocator or CUDA is already initialised (the setting is read once, at
+    CUDA's first use). The active setting, or None if this call could not apply it."""
+    if torch.cuda.is_initialized() and 'PYTORCH_CUDA_ALLOC_CONF' not in os.environ:
+        return None
+    return os.environ.setdefault('PYTORCH_CUDA_ALLOC_CONF', ALLOCATOR_DEFAULT)
+
+
 def run_cli(main):
     """Run ``main()``; a user error becomes one line on stderr and exit status 1. After a
-    normal return the process group (distributed launch) is destroyed.
+    normal return the process group (distributed launch) is destroyed. CUDA's allocator grows
+    its segments unless the user set ``PYTORCH_CUDA_ALLOC_CONF``
+    (:func:`prefer_expandable_segments`).
 
     Set MMDEFSCAN_DEBUG=1 for the full traceback.
     """
+    prefer_expandable_segments()
     if os.environ.get('MMDEFSCAN_DEBUG'):
         result = main()
         leave_process_group()

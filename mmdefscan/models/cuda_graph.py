@@ -111,6 +111,9 @@ class CudaGraphCache:
         self.backward_ran = True
         self.syncs = None  # whether the forward runs collectives (found at the first call)
         self.capture_cost = 0  # the largest memory growth over one capture (bytes)
+        # bytes the captures keep allocated: outputs, gradients, static inputs (the pool's
+        # other memory, where the replays write activations, is only reserved)
+        self.kept_allocated = 0
         self.out_of_room = False  # a capture was refused for memory: no more captures
         self.calls = collections.Counter()  # why the training calls ran eagerly (None: replayed)
 
@@ -199,10 +202,16 @@ class CudaGraphCache:
                 return None, 'past the limit of graphs'
             if not self._room_for_another(backbone, x, key):
                 return None, 'short of device memory'
-            before = held_memory(x.device)
+            before, start = held_memory(x.device), time.perf_counter()
             graphed = self.graphs[key] = self.capture(backbone, x, key)
-            growth = max(now - then for now, then in zip(held_memory(x.device), before))
-            self.capture_cost = max(self.capture_cost, growth)
+            growth = [now - then for now, then in zip(held_memory(x.device), before)]
+            self.capture_cost = max(self.capture_cost, *growth)
+            self.kept_allocated += growth[1]
+            print_log(f'{type(backbone).__name__}: captured the training forward and backward '
+                      f'in CUDA graphs for input {key[0]} {key[1]}, autocast {key[3]} in '
+                      f'{time.perf_counter() - start:.1f} s, {max(growth) / 2**30:.2f} GiB more '
+                      f'held ({len(self.graphs)} of at most {self.max_shapes} inputs)',
+                      logger='current')
         return graphed, None
 
     def _room_for_another(self, backbone, x, key):
@@ -246,7 +255,7 @@ class CudaGraphCache:
                              'would recompute inside it)')
         # the warm-up steps update BatchNorm statistics: put them back afterwards
         buffers = [(b, b.clone()) for b in backbone.buffers()]
-        autocast, start = key[3], time.perf_counter()
+        autocast = key[3]
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         forward, stand_ins = _graphable(backbone)
@@ -263,9 +272,4 @@ class CudaGraphCache:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
-        print_log(f'{type(backbone).__name__}: captured the training forward and backward in '
-                  f'CUDA graphs for input {tuple(x.shape)} {x.dtype}, autocast {autocast} '
-                  f'in {time.perf_counter() - start:.1f} s ({len(self.graphs) + 1} of at most '
-                  f'{self.max_shapes} inputs)',
-                  logger='current')
         return graphed

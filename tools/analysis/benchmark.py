@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 import mmdefscan  # noqa: F401
+from mmdefscan.engine import prefer_expandable_segments
 
 MODELS = {
     'DefMamba-T': ('mmdefscan', dict(type='DefMamba', arch='tiny')),
@@ -251,9 +252,12 @@ def bench_classification(name, arms, args, device, timer, bb_graphs=False):
         training = timer.arms([in_arm(cuda_graph(train) if graphs else train, settings)
                                for settings, _ in arms], args.iters, args.warmup,
                               [lambda: kept_bytes(model, optimizer)] * len(arms))
-        for (_, label), (t_inf, *_), (t_train, host, peak, _) in zip(arms, inference, training):
+        for (_, label), (t_inf, host_inf, *_), (t_train, host, peak, _) in zip(
+                arms, inference, training):
             rows.append(dict(model=name + label, dtype=dtype + mode, params_M=round(params, 2),
                              infer_img_s=round(args.batch / t_inf, 1),
+                             infer_ms=round(t_inf * 1e3, 1),
+                             infer_host_ms=round(host_inf * 1e3, 1),
                              train_img_s=round(args.train_batch / t_train, 1),
                              train_peak_GiB=round(peak, 2), train_ms=round(t_train * 1e3, 1),
                              train_host_ms=round(host * 1e3, 1), left_over_GiB=left_over))
@@ -324,21 +328,24 @@ def downstream_batch(kind, device, shape=None, seg_batch=8):
 
 def kept_bytes(model, optimizer):
     """Bytes a model keeps between training steps: weights, buffers, optimizer state (the
-    gradients are freed by ``zero_grad``), and its backbone's CUDA-graph pool."""
+    gradients are freed by ``zero_grad``), and its backbone's CUDA graphs."""
     tensors = [*model.parameters(), *model.buffers()] + [
         t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
-    return sum(t.numel() * t.element_size() for t in tensors) + graph_pool_bytes(
+    return sum(t.numel() * t.element_size() for t in tensors) + graph_bytes(
         getattr(model, 'backbone', model))
 
 
-def graph_pool_bytes(backbone):
-    """Bytes of an mmdefscan backbone's CUDA-graph pool that no tensor holds: the replays write
-    their activations there, and ``memory_allocated`` does not count them."""
+def graph_bytes(backbone):
+    """Bytes an mmdefscan backbone's CUDA graphs keep: what they hold allocated (outputs,
+    gradients, static inputs) and the rest of their pool, where the replays write activations
+    (reserved, so ``memory_allocated`` misses it). Until round 15 only the second part was
+    counted."""
     cache = getattr(backbone, 'cuda_graph', None)
     if cache is None or cache.pool is None:
         return 0
-    return sum(s['total_size'] - s['allocated_size'] for s in torch.cuda.memory_snapshot()
-               if tuple(s['segment_pool_id']) == tuple(cache.pool))
+    return cache.kept_allocated + sum(
+        s['total_size'] - s['allocated_size'] for s in torch.cuda.memory_snapshot()
+        if tuple(s['segment_pool_id']) == tuple(cache.pool))
 
 
 def training_iteration(model, batches, optimizer, device, dtype):
@@ -463,6 +470,7 @@ def main():
                              'attributes (dotted names) set')
     parser.add_argument('--json', help='write all rows here')
     args = parser.parse_args()
+    allocator = prefer_expandable_segments()  # as tools/train.py does
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -491,20 +499,23 @@ def main():
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=str(torch.cuda.get_device_name() if device.type == 'cuda'
-                                      else 'cpu'), classification=rows, downstream=downstream), f,
-                      indent=1)
+                                      else 'cpu'), allocator=allocator, classification=rows,
+                           downstream=downstream), f, indent=1)
     reference = 'Swin-T/timm' if any(r['model'] == 'Swin-T/timm' for r in rows) else 'Swin-T'
     peer = {r['dtype']: r for r in rows if r['model'] == reference}
-    print(f'\n### 224x224, infer batch {args.batch}, train batch {args.train_batch}, {device}')
+    print(f'\n### 224x224, infer batch {args.batch}, train batch {args.train_batch}, {device}, '
+          f'PYTORCH_CUDA_ALLOC_CONF={allocator}')
     print(f'| model | dtype | params M | infer img/s | train img/s | train peak GiB |'
-          f' train ms / host ms | infer / {reference} | train / {reference} |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          f' infer ms / host ms | train ms / host ms | infer / {reference} |'
+          f' train / {reference} |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         ref = peer.get(r['dtype'].replace('+bbgraphs', ''))  # the peer runs eagerly
         ratio = (f"{r['infer_img_s'] / ref['infer_img_s']:.2f}x | "
                  f"{r['train_img_s'] / ref['train_img_s']:.2f}x") if ref else '- | -'
         print(f"| {r['model']} | {r['dtype']} | {r['params_M']} | {r['infer_img_s']} | "
-              f"{r['train_img_s']} | {r['train_peak_GiB']} | {r['train_ms']} / "
+              f"{r['train_img_s']} | {r['train_peak_GiB']} | {r['infer_ms']} / "
+              f"{r['infer_host_ms']} | {r['train_ms']} / "
               f"{r['train_host_ms']} | {ratio} |")
     if downstream:
         # with several --det-shapes the mean is the schedule's cost (the median hides the
