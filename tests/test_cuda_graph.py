@@ -1,7 +1,10 @@
-"""The backbones' ``cuda_graph=True`` option: eager (and unchanged) on CPU, in eval and past its
-number of shapes; on CUDA the replayed training step equals the eager one (run on the device)."""
+"""The backbones' ``cuda_graph=True`` option: eager (and unchanged) on CPU and past its number of
+shapes; on CUDA the replayed training step and inference forward equal the eager ones (run on
+the device)."""
 import copy
+import itertools
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,8 +113,8 @@ def projection_loss(outs, weights):
 def test_cuda_graph_trains_like_eager(name, monkeypatch):
     """Three SGD steps with and without the graphs (fp32, TF32 off): the same losses, weight
     updates and BatchNorm statistics (DAMamba's, which the capture's warm-up steps would
-    otherwise move); then a batch of another size (past ``cuda_graph=1``) and an eval call run
-    eagerly.
+    otherwise move); then a batch of another size (past ``cuda_graph=1``) runs eagerly and an
+    eval call replays an inference graph.
 
     The backward is not deterministic (atomic adds in the grid sampler's and the convs' weight
     gradients), and three SGD steps amplify that: a conv bias in front of a norm has a zero true
@@ -167,7 +170,37 @@ def test_cuda_graph_trains_like_eager(name, monkeypatch):
     assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(small, small_eager))
     with torch.no_grad():
         outs, outs_eager = graphed.eval()(x), eager.eval()(x)
+    assert [key[-1] for key in graphed.cuda_graph.graphs] == [True, False]
     assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(outs, outs_eager))
+
+
+@cuda
+@pytest.mark.parametrize('name', NAMES)
+def test_cuda_graph_infers_like_eager(name, monkeypatch):
+    """Eval forwards without grad replay an inference graph: fp32 outputs equal eager's (TF32
+    off), bf16 ones much closer to eager bf16 than eager bf16 is to fp32; each call returns
+    its own tensors (the next replay does not change them); no_grad and inference_mode each
+    capture once."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    graphed, eager = pair(name, 'cuda')
+    graphed.eval(), eager.eval()
+    x, y = (torch.randn(2, 3, 96, 128, device='cuda') for _ in range(2))
+
+    def run(model, inputs, dtype=None, mode=torch.no_grad):
+        with mode(), torch.autocast('cuda', dtype=dtype or torch.bfloat16,
+                                    enabled=dtype is not None):
+            return [[o.float() for o in model(i)] for i in inputs]
+    (ex, ey), (gx, gy) = run(eager, (x, y)), run(graphed, (x, y))  # captures at x, replays y
+    assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(gx + gy, ex + ey))
+    (gx_again,) = run(graphed, (x,), mode=torch.inference_mode)
+    assert all(max_rel_err(a, b) < 1e-6 for a, b in zip(gx_again, ex))
+    (bx,), (gbx,) = run(eager, (x,), torch.bfloat16), run(graphed, (x,), torch.bfloat16)
+    for g, b, f in zip(gbx, bx, ex):
+        assert (g - b).norm() <= 0.5 * (b - f).norm()
+    keys = list(graphed.cuda_graph.graphs)
+    assert [(k[3], k[-2], k[-1]) for k in keys] == [
+        (False, False, False), (False, True, False), (torch.bfloat16, False, False)]
 
 
 @cuda
@@ -343,7 +376,58 @@ def test_cuda_graph_captures_each_new_input_up_to_its_number(monkeypatch, fake_m
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs, model.forward_eager(x)))
     assert captured == shapes[:2]
     assert replayed == [shapes[0], shapes[1], shapes[0], shapes[4]]  # the third shape: eager
-    assert 'full' in cache.reported
+    assert 'full training' in cache.reported
+
+
+def test_which_calls_the_graphs_take():
+    """On CUDA: training forwards with grad and eval forwards without; not a training forward
+    under no_grad (BatchNorm would update inside a graph) nor an eval one with grad."""
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=True)
+    on_cuda, on_cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    taken = {}
+    for training, grad in itertools.product((True, False), repeat=2):
+        model.train(training)
+        with torch.set_grad_enabled(grad):
+            taken[training, grad] = CudaGraphCache.applies(model, on_cuda)
+            assert not CudaGraphCache.applies(model, on_cpu)
+        with torch.inference_mode():
+            assert CudaGraphCache.applies(model, on_cuda) == (not training)
+    assert taken == {(True, True): True, (True, False): False, (False, True): False,
+                     (False, False): True}
+
+
+def test_inference_graphs_have_their_own_number_and_key(monkeypatch, fake_memory):
+    """``cuda_graph=2`` keeps two training graphs and two inference graphs; no_grad and
+    inference_mode calls get graphs of their own (a tensor made in one cannot be written in
+    the other); an eval call replays without the parameters and is not counted in the training
+    calls' log."""
+    model = backbones.DefMamba(arch='tiny', drop_path_rate=0.0, cuda_graph=2)
+    cache = model.cuda_graph
+    captured = []
+
+    def capture(backbone, x, key):
+        captured.append((tuple(x.shape), key[-2], key[-1]))
+        if key[-1]:
+            return lambda x, *params: _Replay.apply(*backbone.forward_eager(x))
+        return lambda x: tuple(o + 1 for o in backbone.forward_eager(x))  # marks a replay
+    monkeypatch.setattr(cache, 'capture', capture)
+    monkeypatch.setattr(CudaGraphCache, 'applies', staticmethod(
+        lambda backbone, x: backbone.training == torch.is_grad_enabled()))
+    x, other = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 64)
+    sum(o.sum() for o in model.train()(x)).backward()
+    model.eval()
+    with torch.no_grad():
+        for _ in range(2):  # captured, then replayed
+            replayed, eager = model(x), model.forward_eager(x)
+            assert all(torch.allclose(a, b + 1) for a, b in zip(replayed, eager))
+    with torch.inference_mode():
+        model(x)
+    with torch.no_grad():  # a third inference input: eager
+        assert all(torch.equal(a, b) for a, b in zip(model(other), model.forward_eager(other)))
+    assert captured == [((1, 3, 32, 32), False, True), ((1, 3, 32, 32), False, False),
+                        ((1, 3, 32, 32), True, False)]
+    assert 'full inference' in cache.reported and 'full training' not in cache.reported
+    assert sum(cache.calls.values()) == 1  # the training call
 
 
 class _StaticGradients(torch.autograd.Function):

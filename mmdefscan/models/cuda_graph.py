@@ -1,34 +1,38 @@
-"""CUDA graphs for a backbone's training forward and backward (``cuda_graph=True``; the ImageNet
-configs, and the UperNet and Mask R-CNN 1x configs of DefMamba and Spatial-Mamba, switch it on).
+"""CUDA graphs for a backbone's training forward and backward, and for its inference forward
+(``cuda_graph=True``; the ImageNet configs, and the UperNet and Mask R-CNN 1x configs of
+DefMamba and Spatial-Mamba, switch it on).
 
 A DefMamba training step launches a few hundred small kernels per block, and on an H200 the
 host cannot issue them as fast as the GPU runs them (docs/performance.md, round 4). For a given
 input shape the backbone's forward and backward can be captured once with
 ``torch.cuda.make_graphed_callables`` and replayed: one launch each. The heads, the loss and the
 optimizer stay eager, so any mm config, AMP wrapper, gradient clip, gradient accumulation or
-optimizer works unchanged.
+optimizer works unchanged. Inference waits on the host too: DefMamba-T's forward of 128 images
+took 20 ms on one lent machine and 40 ms on another with a slower host (round 16).
 
-What runs a graph: a training-mode forward with grad enabled, on CUDA, whose input shape, dtype,
-autocast dtype and trainable parameters (and input ``requires_grad``) have a graph. The
-first ``max_shapes`` such inputs (``cuda_graph=True``: 8, ``cuda_graph=N``: N) are captured
-when they first come: classification and segmentation crops need one, a detector's padded
-batches come in several (``tools/analysis/batch_shapes.py CONFIG`` counts how many of a
-dataset's batches N graphs would replay).
+What runs a graph, on CUDA: a training-mode forward with grad enabled, or an eval-mode forward
+without grad (``no_grad`` or ``inference_mode``), whose input shape, dtype, autocast dtype and
+trainable parameters (and input ``requires_grad``) have a graph. The first ``max_shapes`` such
+inputs of each mode (``cuda_graph=True``: 8, ``cuda_graph=N``: N) are captured when they first
+come: classification and segmentation crops need one, a detector's padded batches come in
+several (``tools/analysis/batch_shapes.py CONFIG`` counts how many of a dataset's batches N
+graphs would replay).
 All graphs share one memory pool, so their activations may reuse one another's memory; each keeps
 its own outputs and parameter gradients (Mask R-CNN, per shape: DefMamba-S about 1 GiB,
 Spatial-Mamba-T 1.9 GiB; docs/performance.md rounds 12 and 15). A new input is captured only while
 the device keeps room for it: a tenth of its memory (or the largest capture so far, if more) must
 stay free besides the capture itself, so that the eager calls of other shapes still fit; once a
-capture is refused no more are made. Anything else (eval, no_grad, shapes past the limit or past
-the memory) runs eagerly; the first such input is reported in the log, and every 1000 training
-calls of which some ran eagerly the log counts the replayed and the eager ones (how much of a
-detector's schedule the graphs serve).
-Each capture runs three eager warm-up steps; BatchNorm statistics are restored after them.
-Outputs and saved activations live in the graphs' pool until the next replay, so a second
-forward before the first one's backward (two views of a self-supervised method) runs eagerly.
+capture is refused no more are made. Anything else (a training-mode forward without grad, an
+eval-mode one with grad, shapes past the limit or past the memory) runs eagerly; the first such
+input is reported in the log, and every 1000 training calls of which some ran eagerly the log
+counts the replayed and the eager ones (how much of a detector's schedule the graphs serve).
+Each training capture runs three eager warm-up steps; BatchNorm statistics are restored after
+them. Outputs and saved activations live in the graphs' pool until the next replay, so a second
+forward before the first one's backward (two views of a self-supervised method) runs eagerly,
+and an inference replay returns copies of its outputs.
 The capture runs on stand-ins of the parameters (see :func:`_graphable`), which is what makes
 it work under DistributedDataParallel. A backbone with SyncBatchNorm under more than one process
-runs eagerly (its collectives were never captured here).
+trains eagerly (its collectives were never captured here).
 """
 import collections
 import time
@@ -37,6 +41,7 @@ import weakref
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+from torch.utils._pytree import tree_map
 
 
 class _EagerForward(nn.Module):
@@ -136,13 +141,16 @@ class CudaGraphCache:
 
     @staticmethod
     def applies(backbone, x):
-        return backbone.training and x.is_cuda and torch.is_grad_enabled()
+        """A training forward with grad, or an eval forward without (inference), on CUDA."""
+        return x.is_cuda and backbone.training == torch.is_grad_enabled()
 
     @staticmethod
     def state(backbone, x):
+        """The graph's key; its last item is True for training, False for inference."""
         autocast = torch.is_autocast_enabled('cuda') and torch.get_autocast_dtype('cuda')
         return (tuple(x.shape), x.dtype, x.device, autocast, x.requires_grad,
-                tuple(p.requires_grad for p in backbone.parameters()))
+                tuple(p.requires_grad for p in backbone.parameters()),
+                torch.is_inference_mode_enabled(), backbone.training)
 
     def in_use(self):
         """True while the last replay's buffers may still be needed: its autograd node is alive
@@ -166,9 +174,12 @@ class CudaGraphCache:
 
     def __call__(self, backbone, x):
         graphed, eager_reason = self._graph_for(backbone, x)
-        self._count(backbone, eager_reason)
+        if backbone.training:
+            self._count(backbone, eager_reason)
         if graphed is None:
             return backbone.forward_eager(x)
+        if not backbone.training:
+            return graphed(x)
         outs = graphed(x, *backbone.parameters())
         node = outs[0].grad_fn
         if node is not None:
@@ -183,9 +194,9 @@ class CudaGraphCache:
             self.report_once(backbone, 'in use', 'a second forward before the backward of the '
                              "first: it runs eagerly (the graphs' buffers hold the first)")
             return None, 'while a graph was in use'
-        if self.syncs is None:  # the model is built (and SyncBN converted) before training
-            self.syncs = _syncs_across_processes(backbone)
-        if self.syncs:
+        if self.syncs is None and backbone.training:  # the model is built (and SyncBN
+            self.syncs = _syncs_across_processes(backbone)  # converted) before training
+        if self.syncs and backbone.training:
             self.report_once(backbone, 'sync', 'SyncBatchNorm under several processes: the '
                              'training forward runs eagerly (collectives inside a CUDA graph '
                              'are untested here; cuda_graph=False silences this)')
@@ -193,9 +204,11 @@ class CudaGraphCache:
         key = self.state(backbone, x)
         graphed = self.graphs.get(key)
         if graphed is None:
-            if len(self.graphs) >= self.max_shapes:  # reported once: it may come every batch
-                shapes = ', '.join(f'{k[0]} autocast {k[3]}' for k in self.graphs)
-                self.report_once(backbone, 'full', f'cuda_graph holds graphs for '
+            mode = 'training' if backbone.training else 'inference'
+            same_mode = [k for k in self.graphs if k[-1] == key[-1]]
+            if len(same_mode) >= self.max_shapes:  # reported once: it may come every batch
+                shapes = ', '.join(f'{k[0]} autocast {k[3]}' for k in same_mode)
+                self.report_once(backbone, 'full ' + mode, f'cuda_graph holds {mode} graphs for '
                                  f'{self.max_shapes} inputs ({shapes}); this call ({key[0]}, '
                                  f'autocast {key[3]}) and any other new input run eagerly '
                                  '(cuda_graph=N keeps N)')
@@ -207,10 +220,11 @@ class CudaGraphCache:
             growth = [now - then for now, then in zip(held_memory(x.device), before)]
             self.capture_cost = max(self.capture_cost, *growth)
             self.kept_allocated += growth[1]
-            print_log(f'{type(backbone).__name__}: captured the training forward and backward '
-                      f'in CUDA graphs for input {key[0]} {key[1]}, autocast {key[3]} in '
+            what = 'training forward and backward' if key[-1] else 'inference forward'
+            print_log(f'{type(backbone).__name__}: captured the {what} in CUDA graphs for '
+                      f'input {key[0]} {key[1]}, autocast {key[3]} in '
                       f'{time.perf_counter() - start:.1f} s, {max(growth) / 2**30:.2f} GiB more '
-                      f'held ({len(self.graphs)} of at most {self.max_shapes} inputs)',
+                      f'held ({len(same_mode) + 1} of at most {self.max_shapes} inputs)',
                       logger='current')
         return graphed, None
 
@@ -248,16 +262,18 @@ class CudaGraphCache:
 
     def capture(self, backbone, x, key):
         """The graphed forward of ``backbone`` for inputs like ``x`` (in the shared pool), called
-        as ``graphed(x, *backbone.parameters())``."""
+        as ``graphed(x, *backbone.parameters())`` in training, ``graphed(x)`` in inference."""
         if getattr(backbone, 'with_cp', False):
             raise ValueError(f'{type(backbone).__name__}: cuda_graph=True cannot be combined with '
                              'with_cp=True (the graph already saves the launches; checkpointing '
                              'would recompute inside it)')
-        # the warm-up steps update BatchNorm statistics: put them back afterwards
-        buffers = [(b, b.clone()) for b in backbone.buffers()]
         autocast = key[3]
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        if not key[-1]:
+            return self._capture_inference(backbone, x, autocast)
+        # the warm-up steps update BatchNorm statistics: put them back afterwards
+        buffers = [(b, b.clone()) for b in backbone.buffers()]
         forward, stand_ins = _graphable(backbone)
         try:
             with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
@@ -273,3 +289,31 @@ class CudaGraphCache:
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         return graphed
+
+    def _capture_inference(self, backbone, x, autocast):
+        """An eval forward without grad, captured after three eager calls on a side stream (they
+        compile the Triton kernels and pick cuDNN's algorithms outside the capture). Autocast
+        is entered again without its cache, so that the weights' casts are part of the graph.
+        The replay returns copies of the outputs: the next replay overwrites the graph's own."""
+        static_x = x.detach().clone()
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream(x.device)
+        try:
+            with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
+                                cache_enabled=False):
+                stream.wait_stream(torch.cuda.current_stream(x.device))
+                with torch.cuda.stream(stream):
+                    for _ in range(3):
+                        backbone.forward_eager(static_x)
+                torch.cuda.current_stream(x.device).wait_stream(stream)
+                with torch.cuda.graph(graph, pool=self.pool):
+                    static_outs = backbone.forward_eager(static_x)
+        except RuntimeError as err:
+            raise RuntimeError(f'{type(backbone).__name__}: capturing the inference CUDA graph '
+                               f'failed ({str(err).splitlines()[0]}); build it with '
+                               'cuda_graph=False') from err
+
+        def replay(x):
+            static_x.copy_(x)
+            graph.replay()
+            return tree_map(torch.clone, static_outs)
+        return replay
