@@ -16,7 +16,7 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # returns it), averages over the map and applies head.fc: GlobalAveragePooling + LinearClsHead
 # (head.fc) is that classifier key for key (backbone.* + head.fc.*).
 # cuda_graph: the training crops have one shape (and the last, smaller batch of an epoch a
-# second), so the backbone's forward + backward replay from CUDA graphs; eval runs eagerly
+# second), so the backbone's forward + backward replay from CUDA graphs, its eval forward too
 # (docs/performance.md, round 14). --cfg-options model.backbone.cuda_graph=False turns it off.
 model = dict(
     type='ImageClassifier',

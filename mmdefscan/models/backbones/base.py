@@ -15,7 +15,8 @@ class ScanBackbone(BaseModule):
     and implement ``_frozen_modules(stage)`` (stage -1 = stem) and ``forward_eager(x)``.
 
     ``cuda_graph=True`` (or N): training steps on CUDA replay the backbone's forward and backward
-    from CUDA graphs, captured for the first 8 (N) input shapes (see ``cuda_graph.py``)."""
+    from CUDA graphs, and eval forwards without grad an inference graph, each captured for the
+    first 8 (N) input shapes (see ``cuda_graph.py``)."""
 
     in_channels = 3
     head_prefixes = ()  # classification-head keys dropped when loading an ImageNet checkpoint
