@@ -396,3 +396,20 @@ def test_benchmark_builds_of_one_config_have_the_same_weights():
     assert graphed.backbone.cuda_graph is not None and eager.backbone.cuda_graph is None
     weights = graphed.state_dict()
     assert all(torch.equal(value, weights[key]) for key, value in eager.state_dict().items())
+
+
+def test_benchmark_counts_all_of_a_graphs_memory(monkeypatch):
+    """A graphed model keeps what its captures left allocated (outputs, gradients, static inputs)
+    and the rest of its pool's segments (where the replays write activations); other pools'
+    segments are not its own. Round 15 counted only the second part."""
+    import torch
+    from types import SimpleNamespace
+    benchmark = load_tool('benchmark.py')
+    gib = 2 ** 30
+    backbone = SimpleNamespace(cuda_graph=SimpleNamespace(pool=(0, 7), kept_allocated=1 * gib))
+    segments = [dict(segment_pool_id=(0, 7), total_size=6 * gib, allocated_size=2 * gib),
+                dict(segment_pool_id=[0, 7], total_size=2 * gib, allocated_size=0),
+                dict(segment_pool_id=(0, 0), total_size=50 * gib, allocated_size=9 * gib)]
+    monkeypatch.setattr(torch.cuda, 'memory_snapshot', lambda: segments)
+    assert benchmark.graph_bytes(backbone) == (1 + 4 + 2) * gib
+    assert benchmark.graph_bytes(SimpleNamespace(cuda_graph=None)) == 0
