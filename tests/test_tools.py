@@ -138,7 +138,7 @@ def test_the_tools_let_the_cuda_allocator_grow_its_segments(monkeypatch, user_se
                                                             cuda_started, expected):
     """run_cli (every tool's entry) sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before
     main() runs, unless the user set the variable: with fixed segments the CUDA graphs' pool of
-    the classifiers' training left 1.0-2.3 GiB unused (docs/performance.md, round 16)."""
+    the classifiers' training left 1.1-2.3 GiB unused (docs/performance.md, round 16)."""
     import torch
     from mmdefscan.engine import run_cli
     monkeypatch.setenv('PYTORCH_CUDA_ALLOC_CONF', user_setting or '')  # restored afterwards

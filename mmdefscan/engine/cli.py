@@ -123,7 +123,7 @@ def leave_process_group():
 
 
 # PyTorch's default allocator cuts a new block out of fixed segments; with the CUDA graphs'
-# private pool that left 1.0-2.3 GiB of the pool unused in the classifiers' training (device,
+# private pool that left 1.1-2.3 GiB of the pool unused in the classifiers' training (device,
 # round 16). Growable segments take it back, and shrink the eager cache too.
 ALLOCATOR_DEFAULT = 'expandable_segments:True'
 
