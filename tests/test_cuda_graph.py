@@ -104,6 +104,21 @@ def test_cuda_graph_with_checkpointing_is_a_clear_error():
         model.cuda_graph.capture(model, torch.randn(1, 3, 32, 32), key=None)
 
 
+def test_a_failed_capture_is_one_clear_error():
+    """Both captures (training and inference) end a failure with the backbone's name, the first
+    line of torch's error and the way out; autocast is entered without its weight cache."""
+    from mmdefscan.models.cuda_graph import _capturing
+    model = backbones.DefMamba(arch='tiny', cuda_graph=True)
+    with pytest.raises(RuntimeError) as failure:
+        with _capturing(model, False, 'inference CUDA graph'):
+            assert not torch.is_autocast_cache_enabled()
+            raise RuntimeError('operation not permitted when stream is capturing\nmore detail')
+    assert str(failure.value) == ('DefMamba: capturing the inference CUDA graph failed (operation '
+                                  'not permitted when stream is capturing); build it with '
+                                  'cuda_graph=False')
+    assert torch.is_autocast_cache_enabled()  # restored afterwards
+
+
 def projection_loss(outs, weights):
     return sum((o.float() * w).mean() for o, w in zip(outs, weights))
 

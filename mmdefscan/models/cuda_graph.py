@@ -35,6 +35,7 @@ it work under DistributedDataParallel. A backbone with SyncBatchNorm under more 
 trains eagerly (its collectives were never captured here).
 """
 import collections
+import contextlib
 import time
 import weakref
 
@@ -74,6 +75,20 @@ def _graphable(backbone):
     def forward(x, *weights):
         return torch.func.functional_call(module, dict(zip(names, weights)), (x,))
     return forward, stand_ins
+
+
+@contextlib.contextmanager
+def _capturing(backbone, autocast, what):
+    """Around a capture: the caller's autocast entered again without its weight cache, so that
+    the weights' casts are part of the graph; a failed capture becomes one clear error."""
+    try:
+        with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
+                            cache_enabled=False):
+            yield
+    except RuntimeError as err:
+        raise RuntimeError(f'{type(backbone).__name__}: capturing the {what} failed '
+                           f'({str(err).splitlines()[0]}); build it with cuda_graph=False') \
+            from err
 
 
 def _syncs_across_processes(backbone):
@@ -194,13 +209,14 @@ class CudaGraphCache:
             self.report_once(backbone, 'in use', 'a second forward before the backward of the '
                              "first: it runs eagerly (the graphs' buffers hold the first)")
             return None, 'while a graph was in use'
-        if self.syncs is None and backbone.training:  # the model is built (and SyncBN
-            self.syncs = _syncs_across_processes(backbone)  # converted) before training
-        if self.syncs and backbone.training:
-            self.report_once(backbone, 'sync', 'SyncBatchNorm under several processes: the '
-                             'training forward runs eagerly (collectives inside a CUDA graph '
-                             'are untested here; cuda_graph=False silences this)')
-            return None, 'with SyncBatchNorm'
+        if backbone.training:  # an eval-mode SyncBatchNorm runs no collectives
+            if self.syncs is None:  # the model is built (and SyncBN converted) before training
+                self.syncs = _syncs_across_processes(backbone)
+            if self.syncs:
+                self.report_once(backbone, 'sync', 'SyncBatchNorm under several processes: the '
+                                 'training forward runs eagerly (collectives inside a CUDA graph '
+                                 'are untested here; cuda_graph=False silences this)')
+                return None, 'with SyncBatchNorm'
         key = self.state(backbone, x)
         graphed = self.graphs.get(key)
         if graphed is None:
@@ -275,16 +291,10 @@ class CudaGraphCache:
         # the warm-up steps update BatchNorm statistics: put them back afterwards
         buffers = [(b, b.clone()) for b in backbone.buffers()]
         forward, stand_ins = _graphable(backbone)
-        try:
-            with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
-                                cache_enabled=False):
-                graphed = torch.cuda.make_graphed_callables(
-                    forward, (x.detach().clone().requires_grad_(x.requires_grad), *stand_ins),
-                    allow_unused_input=True, pool=self.pool)
-        except RuntimeError as err:
-            raise RuntimeError(f'{type(backbone).__name__}: capturing the CUDA graphs failed '
-                               f'({str(err).splitlines()[0]}); build it with cuda_graph=False') \
-                from err
+        with _capturing(backbone, autocast, 'CUDA graphs'):
+            graphed = torch.cuda.make_graphed_callables(
+                forward, (x.detach().clone().requires_grad_(x.requires_grad), *stand_ins),
+                allow_unused_input=True, pool=self.pool)
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
@@ -292,25 +302,18 @@ class CudaGraphCache:
 
     def _capture_inference(self, backbone, x, autocast):
         """An eval forward without grad, captured after three eager calls on a side stream (they
-        compile the Triton kernels and pick cuDNN's algorithms outside the capture). Autocast
-        is entered again without its cache, so that the weights' casts are part of the graph.
-        The replay returns copies of the outputs: the next replay overwrites the graph's own."""
+        compile the Triton kernels and pick cuDNN's algorithms outside the capture). The
+        replay returns copies of the outputs: the next replay overwrites the graph's own."""
         static_x = x.detach().clone()
         graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream(x.device)
-        try:
-            with torch.autocast('cuda', dtype=autocast or torch.float16, enabled=bool(autocast),
-                                cache_enabled=False):
-                stream.wait_stream(torch.cuda.current_stream(x.device))
-                with torch.cuda.stream(stream):
-                    for _ in range(3):
-                        backbone.forward_eager(static_x)
-                torch.cuda.current_stream(x.device).wait_stream(stream)
-                with torch.cuda.graph(graph, pool=self.pool):
-                    static_outs = backbone.forward_eager(static_x)
-        except RuntimeError as err:
-            raise RuntimeError(f'{type(backbone).__name__}: capturing the inference CUDA graph '
-                               f'failed ({str(err).splitlines()[0]}); build it with '
-                               'cuda_graph=False') from err
+        with _capturing(backbone, autocast, 'inference CUDA graph'):
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    backbone.forward_eager(static_x)
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            with torch.cuda.graph(graph, pool=self.pool):
+                static_outs = backbone.forward_eager(static_x)
 
         def replay(x):
             static_x.copy_(x)
