@@ -13,7 +13,7 @@ HAS_TRITON = importlib.util.find_spec('triton') is not None
 
 # Some kernels pay only on large maps in training (LayerNorm, the deformable tokens): their
 # callers give ``use_triton`` a size below which autograd-recorded calls take the PyTorch path.
-# Eager training is host-bound (docs/performance.md, rounds 4-6): a Triton call with its
+# Eager training is host-bound (docs/cuda_graph.md): a Triton call with its
 # backward costs the host about 0.5 ms (launcher, autograd node, the wrapper's allocations), more
 # than the few native operators it replaces, while on a small map the kernel time it saves is
 # short. Inference keeps the kernels (no backward; kernel-bound at its batch sizes).

@@ -29,9 +29,11 @@ from ._triton import use_triton
 from .depthwise_conv import DepthwiseConv2d
 from .layer_norm import LayerNorm
 
-# Training takes the Triton path from this many elements of x. bench_kernels.py, H200, fp32, Mask
-# R-CNN maps (round 6), forward + backward ms, PyTorch / Triton: 12.9 M 12.7 / 7.1, 6.4 M
-# 4.1 / 4.1, 3.2 M 3.1 / 4.3, 1.6 M 3.1 / 3.7.
+# Training takes the Triton path from this many elements of x: on smaller maps the PyTorch path is
+# as fast or faster forward + backward. Forward + backward ms, PyTorch / Triton, on the four
+# stages of a Mask R-CNN image (H200): 12.9 M 12.7 / 7.1, 6.4 M 4.1 / 4.1, 3.2 M 3.1 / 4.3,
+# 1.6 M 3.1 / 3.7, from
+#   python tools/analysis/bench_kernels.py --map 200 336 --batch 2 --dtype fp32 --only deformable
 TRAIN_MIN_NUMEL = 2 ** 23
 
 
@@ -134,9 +136,9 @@ class ConvOffset(nn.Module):
         attention = self.ca(x.mean((2, 3)))
         # GELU(LN(conv1(x) * attention)) in one pass on CUDA; the permutes are views
         x1 = self.ln(self.conv1(x).permute(0, 2, 3, 1), scale=attention, gelu=True)
-        # the 1x1 conv as a matmul on the channels-last map, (B, 3, H, W) as a view: cuDNN ran it
-        # as NCHW -> NHWC copies around an implicit GEMM, and its weight gradient (3 outputs) in
-        # 0.16 ms per call on Mask R-CNN's stage 0 (round 10's profile)
+        # the 1x1 conv as a matmul on the channels-last map, (B, 3, H, W) as a view: cuDNN runs it
+        # as NCHW -> NHWC copies around an implicit GEMM, and its weight gradient (3 outputs) is
+        # slow (tools/analysis/profile_backbone.py shows it on a Mask R-CNN stage 0)
         return F.linear(x1, self.conv2.weight.flatten(1)).permute(0, 3, 1, 2)
 
 
@@ -202,8 +204,8 @@ def resize_table(table, height, width):
     """The rpe table (D, h, w) resized to the map (D, H, W), official: bilinear, no corners
     (``F.interpolate``). Computed as rows @ table @ columns^T with the interpolation's own
     weights (:func:`resize_matrix`): interpolate's backward adds atomically into the 49 cells of
-    each channel, 2.9 ms per Mask R-CNN iteration (round 10's profile); the product's backward
-    is two more small products. In the table's dtype, also under autocast."""
+    each channel (serialised atomics, a visible share of a Mask R-CNN iteration in
+    tools/analysis/profile_backbone.py); the product's backward is two more small products. In the table's dtype, also under autocast."""
     rows, columns_t = _resize_matrices(height, width, *table.shape[1:], table.dtype, table.device)
     with torch.autocast(table.device.type, enabled=False):
         return torch.matmul(torch.matmul(rows, table), columns_t)

@@ -12,11 +12,12 @@ import torch.nn as nn
 
 from ._triton import min_numel, records_grad, use_triton
 
-# bench_kernels.py on the H200 (round 11, ms fwd+bwd PyTorch / Triton): the 9x9 offset conv of
-# Mask R-CNN's stage 0 (2 x 96 x 200 x 336, fp32) 2.94 / 1.66, but in bf16 at DefMamba-S's
-# training batch (64 x 96 x 56 x 56) 4.58 / 5.21; the 7x7 at 64 x 192 x 28 x 28 1.54 / 1.30;
-# 3x3 convs and maps below 8 M elements lost or tied (launch-bound there). Forward alone the
-# kernels won for k >= 7 from 6 M elements on (1.13 / 0.75 ms at 64 x 96 x 56 x 56).
+# The kernels pay for k >= 7 on maps of 8 M elements or more; 3x3 convs and smaller maps are
+# launch-bound and lose or tie. Forward + backward ms, PyTorch / Triton, on an H200: the 9x9
+# offset conv of Mask R-CNN's stage 0 (2 x 96 x 200 x 336, fp32) 2.94 / 1.66, from
+#   python tools/analysis/bench_kernels.py --map 200 336 --batch 2 --dtype fp32 --only depthwise
+# but in bf16 at DefMamba-S's training batch (64 x 96 x 56 x 56) 4.58 / 5.21, from
+#   python tools/analysis/bench_kernels.py --batch 64 --dtype bf16 --only depthwise
 MIN_NUMEL, MIN_KERNEL_SIZE = 2 ** 23, 7
 
 

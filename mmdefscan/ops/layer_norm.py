@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from ._triton import use_triton
 
 # Training runs the plain norm's kernel from this many elements of x: below, native LayerNorm's
-# forward + backward is faster end to end (host-bound). bench_kernels.py, H200, fp32 (round 6):
-# native 0.18-0.42 ms vs Triton 0.64-0.78 ms on Mask R-CNN maps up to 2 x 200 x 336 x 96
-# (12.9 M); at 38.5 M (bf16, round 2) Triton 0.60-0.83 ms vs native 1.17.
+# forward + backward is faster end to end (host-bound): on an H200, native 0.18-0.42 ms vs
+# Triton 0.64-0.78 ms on the Mask R-CNN maps up to 2 x 200 x 336 x 96 (12.9 M elements), from
+#   python tools/analysis/bench_kernels.py --map 200 336 --batch 2 --dtype fp32 --only LayerNorm
 TRAIN_MIN_NUMEL = 2 ** 24
 
 

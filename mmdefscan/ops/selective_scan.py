@@ -295,7 +295,8 @@ def triton_scan_supported(u, B, C, z, return_last_state) -> bool:
     """Whether the Triton forward covers this call: CUDA with Triton on (``MMDEFSCAN_TRITON`` and
     ``MMDEFSCAN_TRITON_SCAN`` not 0), variable B and C, no gate, no last state, channel groups
     of a multiple of 4 and 2 to 64 states. The one-state scans of Spatial-Mamba's and DAMamba's
-    state fusion (``selective_scan_states``) stay on mamba-ssm's kernel: not measured yet."""
+    state fusion (``selective_scan_states``) stay on mamba-ssm's kernel, against which the Triton
+    forward is not benchmarked for one state."""
     if z is not None or return_last_state or B.dim() < 3 or C.dim() < 3 \
             or os.environ.get('MMDEFSCAN_TRITON_SCAN', '1') == '0' or not use_triton(u):
         return False

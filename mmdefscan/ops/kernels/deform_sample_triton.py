@@ -7,7 +7,7 @@ the deformable token order, in one pass:
 (grid_sample semantics: align_corners=True, zero padding; fp32 arithmetic, written in x's
 dtype). PyTorch needs an fp32 copy of x, two grid samples, an add, a cast and a gather. The
 backward (``_SampleAndSort``) is PyTorch's grid-sampler backward for the map (a Triton backward
-with atomic adds was measured 1.6x slower on the H200 and was dropped) and matrix products for
+with atomic adds into the map gradient is slower: many points share a pixel) and matrix products for
 the rpe table (``rpe_table_backward``).
 Reference: ``DeformableScan.forward`` without Triton (``mmdefscan/ops/deformable_scan.py``).
 """

@@ -8,8 +8,9 @@ channel, NCHW maps. With p = k // 2,
 One program per (batch x channel plane, tile of rows x columns); every tap is a masked load of
 the shifted tile (from L1 after the first). The weight gradient is one partial sum per program
 and tap, summed over the programs by PyTorch (no atomics: the same result every run).
-PyTorch's own depthwise kernels are the reference (``F.conv2d(..., groups=C)``); on DefMamba's
-Mask R-CNN maps their weight gradient took 1.5 ms per 9x9 call (round 10's profile).
+PyTorch's own depthwise kernels are the reference (``F.conv2d(..., groups=C)``); their weight
+gradient is slow on DefMamba's large Mask R-CNN maps (compare with
+``tools/analysis/bench_kernels.py --map 200 336 --batch 2 --only "depthwise conv"``).
 """
 import torch
 import triton

@@ -12,12 +12,12 @@ segments run again from there.
 Training: the Triton backward (:func:`scan_bwd`): states recomputed from one stored every 16
 steps, the adjoint run back through them, the sequence cut into time segments when there are
 too few programs (each segment's adjoint from zero first, then a carry pass, as the forward's).
-It replaced mamba-ssm's backward kernel (rounds 8-9: less kernel time per training step in
-every model measured, docs/performance.md).
+It takes less kernel time per training step than mamba-ssm's backward kernel on DefMamba's
+shapes (``tools/analysis/bench_scan.py --bwd-configs`` times both).
 
-A tile-parallel Triton scan (an associative scan over T steps of BD x N states) was measured
-slower than mamba-ssm's kernel in both directions and was replaced by this one (see
-docs/performance.md). Reference: ``mmdefscan.ops.selective_scan.selective_scan_ref``.
+A tile-parallel scan (an associative scan over T steps of BD x N states) is slower than
+mamba-ssm's kernel in both directions on these shapes, hence the sequential steps above.
+Reference: ``mmdefscan.ops.selective_scan.selective_scan_ref``.
 """
 import torch
 import triton
@@ -339,25 +339,22 @@ def _scan_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, BIAS, DY, CKPT_H, G, DU, DDELTA
     tl.store(DBIAS_PART + part_row, dbias)
 
 
-# Tuned on the H200 with tools/analysis/bench_scan.py: channels per program and warps; the
-# forward cuts the sequence into time segments when batch x channel blocks are fewer than
-# SEGMENT_BELOW programs, into as many as make WANTED_PROGRAMS, each a multiple of SEG_ALIGN
-# steps. Round 10 (ms, fwd / fwd+bwd, 264 programs of 256-step multiples before): Mask R-CNN
-# maps st0-3 1.82 -> 0.83 / 6.33 -> 4.28, 0.89 -> 0.42 / 3.21 -> 2.20, 0.47 -> 0.30 /
-# 1.80 -> 1.19, 0.34 -> 0.20 / 1.60 -> 1.31. Segments cost a second pass, which lost where
-# the blocks already filled the GPU (DefMamba-S training st0, 576 programs: 0.79 -> 1.00).
+# Tuned on an H200 with tools/analysis/bench_scan.py (--configs compares settings): channels per
+# program and warps; the forward cuts the sequence into time segments when batch x channel
+# blocks are fewer than SEGMENT_BELOW programs, into as many as make WANTED_PROGRAMS, each a
+# multiple of SEG_ALIGN steps. Segments pay on the Mask R-CNN maps (2 images, few programs) and
+# cost a second pass where the blocks already fill the GPU (DefMamba-S training stage 0, 576
+# programs), hence the threshold.
 MAX_BD, NUM_WARPS = 32, 2
 SEGMENT_BELOW, WANTED_PROGRAMS, SEG_ALIGN = 264, 2112, 16
-# ... and into at most MAX_SEGMENTS: the carry pass walks the segments one after the other. One
-# 224x224 image (9 programs, 196 segments of 16 steps) took 0.28 ms against mamba-ssm's 0.13
-# (round 11); Mask R-CNN's stage 0 ran as fast with 53 segments as with 118 (round 10).
+# ... and into at most MAX_SEGMENTS: the carry pass walks the segments one after the other, so
+# hundreds of short segments (one 224x224 image: 9 programs) make it the bottleneck, while a
+# Mask R-CNN stage 0 runs as fast with 53 segments as with 118 (bench_scan.py --cases b1 maskrcnn).
 MAX_SEGMENTS = 64
 # The backward's channels per program and warps, and the programs it wants before it cuts the
 # reverse pass into time segments. One warp keeps the per-step sums over the block's channels
-# (dB, dC) inside a warp. Round 8 (fwd+bwd ms, Triton forward with mamba-ssm's backward / with
-# this one): DefMamba-S training st0-3 8.43 / 6.28, 3.37 / 2.87, 1.91 / 1.72, 1.84 / 0.94;
-# T st0-1 4.51 / 3.43, 1.76 / 1.56; Mask R-CNN maps st0-3 6.58 / 6.03, 2.90 / 3.03,
-# 1.81 / 1.74, 1.19 / 1.23. 32 x 2 (rounds 3-7) lost on most of these; 32 x 1 on all.
+# (dB, dC) inside a warp. 16 x 1 beats 32 x 2 and 32 x 1 on most of DefMamba's training and
+# Mask R-CNN shapes (bench_scan.py --bwd-configs 16x1 32x2 32x1).
 BWD_MAX_BD, BWD_NUM_WARPS, WANTED_BWD_PROGRAMS = 16, 1, 4096
 CKPT = 16  # steps between the states the backward starts from
 

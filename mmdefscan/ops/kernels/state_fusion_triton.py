@@ -5,8 +5,9 @@
 
 (replicate padding is the clamp), reading the channel-first states and writing channel-last
 tokens. PyTorch's evaluation path is a replicate pad, the merged 11 x 11 depthwise conv (its
-generic kernel: about 1.2 ms per call on an H200 at Spatial-Mamba-T's batch 128), two products,
-a sum and a transposing copy. Reference: ``mmdefscan.ops.state_fusion.fuse_read_out_ref``.
+generic kernel), two products, a sum and a transposing copy; the two are timed side by side by
+``tools/analysis/bench_kernels.py --only "state fusion"``.
+Reference: ``mmdefscan.ops.state_fusion.fuse_read_out_ref``.
 """
 import torch
 import triton
@@ -14,8 +15,8 @@ import triton.language as tl
 
 # tiles are (channels, tokens) with the tokens fastest: the tap gathers read runs of tokens of one
 # channel (coalesced); the channel-last store goes through a layout conversion. A (tokens,
-# channels) tile made the gathers stride over channels: 6 ms per call at Spatial-Mamba-T's batch
-# 128 on an H200 (device call 2 of round 7), five times the 11x11 conv it replaced.
+# channels) tile makes the gathers stride over channels and is several times slower than the
+# 11x11 conv it replaces.
 BLOCK_D, BLOCK_L = 32, 128
 
 
