@@ -123,8 +123,10 @@ def leave_process_group():
 
 
 # PyTorch's default allocator cuts a new block out of fixed segments; with the CUDA graphs'
-# private pool that left 1.1-2.3 GiB of the pool unused in the classifiers' training (device,
-# round 16). Growable segments take it back, and shrink the eager cache too.
+# private pool that leaves 1-2 GiB of the pool unused in the classifiers' training (compare
+# train_peak_GiB of ``tools/analysis/benchmark.py --backbone-graphs`` with and without
+# ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False``). Growable segments take it back, and
+# shrink the eager cache too.
 ALLOCATOR_DEFAULT = 'expandable_segments:True'
 
 

@@ -2,13 +2,13 @@
 (``cuda_graph=True``; the ImageNet configs, and the UperNet and Mask R-CNN 1x configs of
 DefMamba and Spatial-Mamba, switch it on).
 
-A DefMamba training step launches a few hundred small kernels per block, and on an H200 the
-host cannot issue them as fast as the GPU runs them (docs/performance.md, round 4). For a given
-input shape the backbone's forward and backward can be captured once with
-``torch.cuda.make_graphed_callables`` and replayed: one launch each. The heads, the loss and the
-optimizer stay eager, so any mm config, AMP wrapper, gradient clip, gradient accumulation or
-optimizer works unchanged. Inference waits on the host too: DefMamba-T's forward of 128 images
-took 20 ms on one lent machine and 40 ms on another with a slower host (round 16).
+A DefMamba training step launches a few hundred small kernels per block, and on a fast GPU the
+host cannot issue them as fast as the GPU runs them. For a given input shape the backbone's
+forward and backward can be captured once with ``torch.cuda.make_graphed_callables`` and
+replayed: one launch each. The heads, the loss and the optimizer stay eager, so any mm config,
+AMP wrapper, gradient clip, gradient accumulation or optimizer works unchanged. Inference waits
+on the host too, and its time then depends on the host's speed more than on the GPU's.
+Measurements and the commands behind them: docs/cuda_graph.md and docs/benchmark.md.
 
 What runs a graph, on CUDA: a training-mode forward with grad enabled, or an eval-mode forward
 without grad (``no_grad`` or ``inference_mode``), whose input shape, dtype, autocast dtype and
@@ -18,8 +18,8 @@ come: classification and segmentation crops need one, a detector's padded batche
 several (``tools/analysis/batch_shapes.py CONFIG`` counts how many of a dataset's batches N
 graphs would replay).
 All graphs share one memory pool, so their activations may reuse one another's memory; each keeps
-its own outputs and parameter gradients (Mask R-CNN, per shape: DefMamba-S about 1 GiB,
-Spatial-Mamba-T 1.9 GiB; docs/performance.md rounds 12 and 15). A new input is captured only while
+its own outputs and parameter gradients (about 1-2 GiB per Mask R-CNN shape, docs/cuda_graph.md).
+A new input is captured only while
 the device keeps room for it: a tenth of its memory (or the largest capture so far, if more) must
 stay free besides the capture itself, so that the eager calls of other shapes still fit; once a
 capture is refused no more are made. Anything else (a training-mode forward without grad, an
@@ -63,9 +63,9 @@ def _graphable(backbone):
     tensors, the capture's stand-ins for the parameters). The stand-ins are new leaves on the
     parameters' storage: the captured backward must not reach the parameters' own gradient
     accumulators, which DistributedDataParallel creates (and keeps) on the default stream,
-    where a captured backward may not wait. Capturing the backbone itself under DDP failed on
-    the device ("operation would make the legacy stream depend on a capturing blocking stream",
-    round 12); with the stand-ins one-rank DDP trains (round 13). The replay takes the real
+    where a captured backward may not wait. Capturing the backbone itself under DDP fails
+    ("operation would make the legacy stream depend on a capturing blocking stream"); with the
+    stand-ins DDP trains. The replay takes the real
     parameters as inputs, so their gradients reach DDP's hooks through autograd. One path with
     and without DDP."""
     names, params = zip(*(('backbone.' + name, p) for name, p in backbone.named_parameters()))

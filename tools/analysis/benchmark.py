@@ -14,8 +14,8 @@ with TF32 on (CUDA); bf16 under autocast. CUDA timings use events; the median of
 after ``--warmup``. ``--compile`` runs every model through
 ``torch.compile`` (warm-up includes the compilation); ``--cuda-graphs`` captures every model's
 inference step and whole training step (forward, backward, AdamW) in a CUDA graph and times its
-replays, which takes the host's launch work out of the classification rows (training on the
-H200 is host-bound, docs/performance.md round 4). ``--backbone-graphs`` builds our backbones
+replays, which takes the host's launch work out of the classification rows (eager training on
+a fast GPU is host-bound, docs/cuda_graph.md). ``--backbone-graphs`` builds our backbones
 with ``cuda_graph=True``, what a user can switch on: only their training forward + backward
 replay from graphs, the rest of the step stays eager, and the peers stay eager; our models
 and our ``--detector`` / ``--segmentor`` configs then run twice, eagerly and with the graphs
@@ -338,8 +338,7 @@ def kept_bytes(model, optimizer):
 def graph_bytes(backbone):
     """Bytes an mmdefscan backbone's CUDA graphs keep: what they hold allocated (outputs,
     gradients, static inputs) and the rest of their pool, where the replays write activations
-    (reserved, so ``memory_allocated`` misses it). Until round 15 only the second part was
-    counted."""
+    (reserved, so ``memory_allocated`` misses it)."""
     cache = getattr(backbone, 'cuda_graph', None)
     if cache is None or cache.pool is None:
         return 0

@@ -38,8 +38,8 @@ class ScanBackbone(BaseModule):
     def release_cuda_graph(self):
         """Drop the captured graphs and their memory; training steps capture again. torch's
         graphed callables are classes made per capture, which sit in reference cycles: their
-        memory returns only after a collection (which freed 0.4-1.0 GiB per graphed model in
-        round 15's benchmark)."""
+        memory returns only after a collection (0.4-1.0 GiB per graphed model in
+        tools/analysis/benchmark.py)."""
         if self.cuda_graph is not None:
             self.cuda_graph = CudaGraphCache(self.cuda_graph.max_shapes)
             gc.collect()
