@@ -10,13 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def fixture_dir():
-    """Reference outputs of the official code: $MMDEFSCAN_FIXTURES, the shared checkout beside the
-    repository, or the copy under tests/data/official."""
-    for candidate in (os.environ.get('MMDEFSCAN_FIXTURES'), REPO.parent / 'shared/fixtures/official',
-                      REPO / 'tests/data/official'):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    raise FileNotFoundError('official fixtures not found (set MMDEFSCAN_FIXTURES)')
+    """Reference outputs of the official code: tests/data/official, or the folder named by
+    $MMDEFSCAN_FIXTURES (other seeds / reduced configurations in the same format)."""
+    folder = Path(os.environ.get('MMDEFSCAN_FIXTURES') or REPO / 'tests/data/official')
+    if not folder.is_dir():
+        raise FileNotFoundError(f'official fixtures not found in {folder} (MMDEFSCAN_FIXTURES)')
+    return folder
 
 
 def reference_files(model):

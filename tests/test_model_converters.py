@@ -64,7 +64,7 @@ def fake_yacs():
 
 
 def save_like_official_trainer(path, state, ema_state):
-    """What the Swin-style main.py of all three repositories saves (spec 1.9 / 2.8): model,
+    """What the Swin-style main.py of all three repositories saves: model,
     EMA, optimizer, scheduler, AMP scaler, accuracy, epoch, the yacs config and args."""
     with fake_yacs() as CfgNode:
         config = CfgNode(MODEL=CfgNode(TYPE='vssm', DROP_PATH_RATE=0.2),

@@ -1,5 +1,5 @@
 # ImageNet-1k pre-training of DefMamba-S, the official recipe (DefMamba:classification/main.py with
-# configs/defm/defm_small_224.yaml; spec 4.2): 300 epochs with 20 warm-up, AdamW lr 5e-4 x total
+# configs/defm/defm_small_224.yaml): 300 epochs with 20 warm-up, AdamW lr 5e-4 x total
 # batch / 512 = 1e-3 for the official 8 GPUs x 128 (auto_scale_lr rescales it for another total
 # batch with --auto-scale-lr), warm-up from 1e-6, cosine per iteration to 1e-5, weight decay 0.05
 # except norms, biases and 1-D parameters, label smoothing 0.1, RandAugment m9-mstd0.5-inc1,

@@ -1,5 +1,5 @@
 # ImageNet-1k pre-training of Spatial-Mamba-S, the official recipe (Spatial-Mamba:classification/
-# main.py with configs/spatialmamba/spatialmamba_small.yaml; spec 4.2): 300 epochs with 20
+# main.py with configs/spatialmamba/spatialmamba_small.yaml): 300 epochs with 20
 # warm-up, AdamW lr 5e-4 x total batch / 512 = 1e-3 for 8 GPUs x 128 (auto_scale_lr base 1024),
 # warm-up from 1e-6, cosine per iteration to 1e-5, weight decay 0.05 except norms, biases and 1-D
 # parameters, label smoothing 0.1, RandAugment m9-mstd0.5-inc1, mixup 0.8 / cutmix 1.0, random

@@ -1,6 +1,8 @@
-"""DAMamba: a vision Mamba whose scan reads the feature map at learned, per-pixel offsets
-(dynamic adaptive scan). Keys and outputs equal the official downstream ``DAMamba`` backbone
-(ltzovo/DAMamba @ dc66afb); see ``shared/spec/ARCHITECTURES.md`` section 3.
+"""DAMamba (Li et al., arXiv:2502.12627, 2025): a vision Mamba whose scan reads the feature map at
+learned, per-pixel offsets (the paper's method section: Dynamic Adaptive Scan with its offset
+prediction network and bilinear sampling, the DAMamba block). Keys and outputs equal the
+official downstream ``DAMamba`` backbone of github.com/ltzovo/DAMamba @ dc66afb
+(``detection/maskrcnn/DAMamba.py``); differences: docs/architecture.md.
 
 Layout is channels-first (B, C, H, W) everywhere. Each stage ends with its LayerNorm
 ``norm{i+1}``, whose output is both the stage output and the next stage's input.
@@ -152,7 +154,7 @@ class DASSM(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
-        """The official initialisation (spec 0.3; x_proj keeps nn.Linear's default)."""
+        """The official initialisation (Mamba's; x_proj keeps nn.Linear's default)."""
         bound = self.x_proj_weight.shape[1] ** -0.5
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
         bound = self.dt_rank ** -0.5

@@ -1,6 +1,10 @@
-"""DefMamba (CVPR 2025): a vision Mamba whose third scan direction follows deformable points
-in a learned token order. Keys and outputs equal the official ``MM_VSSM`` backbone
-(leiyeliu/DefMamba @ 3088a34); see ``shared/spec/ARCHITECTURES.md`` section 1.
+"""DefMamba (Liu et al., CVPR 2025, arXiv:2504.05794): a vision Mamba whose third scan direction
+follows deformable points in a learned token order (the paper's method section: the Deformable
+Mamba block, deformable points with offset bias, deformable tokens). Keys and outputs equal the
+official ``MM_VSSM`` backbone of github.com/leiyeliu/DefMamba @ 3088a34
+(``detection/model.py``, ``classification/models/vmamba.py`` and ``utils.py``); where this
+implementation deliberately differs (1-pixel stages, the sort's gradient kept as the official
+heuristic): docs/architecture.md.
 
 Layout between blocks is channels-last (B, H, W, C); outputs are NCHW.
 """
@@ -66,7 +70,7 @@ class DeformableSSM(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
-        """Mamba's initialisation (spec 0.3): only matters when training from scratch."""
+        """Mamba's initialisation, as the official ``DSSM``: only matters when training from scratch."""
         nn.init.trunc_normal_(self.x_proj_weight, std=0.02)
         bound = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_projs_weight, -bound, bound)

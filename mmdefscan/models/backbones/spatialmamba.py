@@ -1,7 +1,9 @@
-"""Spatial-Mamba: a vision Mamba whose single raster scan is followed by structure-aware state
-fusion (dilated depthwise kernels over the hidden states). Keys and outputs equal the official
-``MM_SpatialMamba`` backbone (EdwardChasel/Spatial-Mamba @ 71221eb); see
-``shared/spec/ARCHITECTURES.md`` section 2.
+"""Spatial-Mamba (Xiao et al., ICLR 2025, arXiv:2410.15091): a vision Mamba whose single raster
+scan is followed by structure-aware state fusion (the paper's method section: state transition,
+structure-aware state fusion with dilated depthwise kernels over the hidden states, observation
+equation). Keys and outputs equal the official ``MM_SpatialMamba`` backbone of
+github.com/EdwardChasel/Spatial-Mamba @ 71221eb (``detection/model.py``,
+``classification/models/spatialmamba.py``); differences: docs/architecture.md.
 
 Layout between blocks is channels-last (B, H, W, C); outputs are NCHW. Train and eval compute the
 same function (the eval path fuses the state-fusion kernels); unlike the official code the fused
@@ -116,7 +118,7 @@ class StructureAwareSSM(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_init='random', dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
-        """Official initialisation (spec 0.3; only matters when training from scratch)."""
+        """Official initialisation (Mamba's; only matters when training from scratch)."""
         bound = self.x_proj_weight.shape[1] ** -0.5  # nn.Linear's default init, kept officially
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
         std = self.dt_rank ** -0.5
