@@ -8,9 +8,9 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # --cfg-options model.backbone.init_cfg.checkpoint=PATH
 pretrained = 'checkpoints/defmamba_s_in1k.pth'
 # cuda_graph: the backbone's training forward + backward replay from CUDA graphs, one per padded
-# batch shape, for the first 8 shapes while the device has room (docs/performance.md, round 15:
-# 12 shapes 1.49x -> 1.27x Swin-T's iteration, +1.0 GiB per graphed shape); others run eagerly.
-# Validation and testing replay inference graphs of the first 8 image shapes (round 16).
+# batch shape, for the first 8 shapes while the device has room (about 1 GiB per graphed shape;
+# speed and memory: docs/cuda_graph.md); others run eagerly.
+# Validation and testing replay inference graphs of the first 8 image shapes.
 # tools/analysis/batch_shapes.py CFG counts a dataset's shapes; cuda_graph=False turns it off.
 model = dict(
     backbone=dict(_delete_=True, type='mmdefscan.DefMamba', arch='small', drop_path_rate=0.2,

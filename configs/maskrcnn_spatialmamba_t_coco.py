@@ -9,9 +9,9 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # --cfg-options model.backbone.init_cfg.checkpoint=PATH
 pretrained = 'checkpoints/spatialmamba_t_in1k.pth'
 # cuda_graph: the backbone's training forward + backward replay from CUDA graphs, one per padded
-# batch shape, for the first 8 shapes while the device has room (docs/performance.md, round 15:
-# T, 12 shapes 1.58x -> 1.32x Swin-T's iteration, +1.9 GiB per graphed shape); others run eagerly.
-# Validation and testing replay inference graphs of the first 8 image shapes (round 16).
+# batch shape, for the first 8 shapes while the device has room (about 2 GiB per graphed shape;
+# speed and memory: docs/cuda_graph.md); others run eagerly.
+# Validation and testing replay inference graphs of the first 8 image shapes.
 # tools/analysis/batch_shapes.py CFG counts a dataset's shapes; cuda_graph=False turns it off.
 model = dict(
     backbone=dict(_delete_=True, type='mmdefscan.SpatialMamba', arch='tiny', drop_path_rate=0.2,

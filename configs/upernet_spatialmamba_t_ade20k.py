@@ -8,9 +8,9 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 
 pretrained = 'checkpoints/spatialmamba_t_in1k.pth'
 # cuda_graph: the training crops have one shape, so the backbone's forward + backward replay
-# from one CUDA graph (docs/performance.md, round 13: at 2 images per GPU an iteration takes
-# 0.55x (DefMamba-S) / 0.43x (Spatial-Mamba-S) of the eager one, +0.06-0.23 GiB)
-# Validation and testing replay inference graphs of the first 8 image shapes (round 16).
+# from one CUDA graph (at the recipe's 2 images per GPU the eager iteration waits on the host;
+# speed and memory: docs/cuda_graph.md).
+# Validation and testing replay inference graphs of the first 8 image shapes.
 model = dict(
     backbone=dict(_delete_=True, type='mmdefscan.SpatialMamba', arch='tiny', drop_path_rate=0.2,
                   out_indices=(0, 1, 2, 3), init_cfg=dict(type='Pretrained', checkpoint=pretrained),

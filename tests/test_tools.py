@@ -138,7 +138,7 @@ def test_the_tools_let_the_cuda_allocator_grow_its_segments(monkeypatch, user_se
                                                             cuda_started, expected):
     """run_cli (every tool's entry) sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before
     main() runs, unless the user set the variable: with fixed segments the CUDA graphs' pool of
-    the classifiers' training left 1.1-2.3 GiB unused (docs/performance.md, round 16)."""
+    the classifiers' training leaves 1-2 GiB unused (docs/cuda_graph.md)."""
     import torch
     from mmdefscan.engine import run_cli
     monkeypatch.setenv('PYTORCH_CUDA_ALLOC_CONF', user_setting or '')  # restored afterwards
@@ -280,8 +280,8 @@ def test_profile_charges_gpu_idle_to_the_host_range_that_launched_the_next_kerne
 @pytest.mark.parametrize('script', ['bench_kernels.py', 'bench_scan.py', 'profile_backbone.py'])
 def test_device_benchmarks_import_and_parse_on_cpu(script):
     """These tools time CUDA only, so CI never runs their main(); ``--help`` still runs their
-    imports and argument parser. Round 10 renamed a helper of benchmark.py that
-    bench_kernels.py imported, and only the device found out."""
+    imports and argument parser (bench_kernels.py imports helpers of benchmark.py: a rename
+    would otherwise surface only on a GPU)."""
     done = subprocess.run([sys.executable, str(REPO / 'tools/analysis' / script), '--help'],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -401,7 +401,7 @@ def test_benchmark_builds_of_one_config_have_the_same_weights():
 def test_benchmark_counts_all_of_a_graphs_memory(monkeypatch):
     """A graphed model keeps what its captures left allocated (outputs, gradients, static inputs)
     and the rest of its pool's segments (where the replays write activations); other pools'
-    segments are not its own. Round 15 counted only the second part."""
+    segments are not its own."""
     import torch
     from types import SimpleNamespace
     benchmark = load_tool('benchmark.py')

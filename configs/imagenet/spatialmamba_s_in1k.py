@@ -20,7 +20,7 @@ custom_imports = dict(imports=['mmdefscan'], allow_failed_imports=False)
 # head -> head.fc.
 # cuda_graph: the training crops have one shape (and the last, smaller batch of an epoch a
 # second), so the backbone's forward + backward replay from CUDA graphs, its eval forward too
-# (docs/performance.md, round 14). --cfg-options model.backbone.cuda_graph=False turns it off.
+# (docs/cuda_graph.md). --cfg-options model.backbone.cuda_graph=False turns it off.
 model = dict(
     type='ImageClassifier',
     backbone=dict(type='mmdefscan.SpatialMamba', arch='small', drop_path_rate=0.3,
