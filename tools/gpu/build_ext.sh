@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# On the device: compile one CUDA extension from the wheelhouse's sdist for this GPU only and
-# install it into $SITE (default /tmp/gpusite).   bash tools/gpu/build_ext.sh mamba|mmcv [jobs]
-# mamba-ssm: about 2.5 min on 16 cores; mmcv with ops: about 7 min (run it niced, in background).
+# On the CUDA machine: compile one CUDA extension from the wheelhouse's sdist for this GPU's
+# architecture only and install it into $SITE.   bash tools/gpu/build_ext.sh mamba|mmcv [jobs]
+# A few minutes each on 16 cores (mmcv with ops takes the longest). See tools/gpu/README.md.
+#   WHEELHOUSE  the folder make_wheelhouse.sh filled (default ./.whl)
+#   SITE        where the built extension is installed (default /tmp/gpusite)
+#   GPU_BUILD   scratch folder of the builds (default /tmp/gpubuild)
 set -eu
-NAME=$1 JOBS=${2:-16} W=$PWD/.whl SITE=${SITE:-/tmp/gpusite} B=/tmp/gpubuild/$1
+NAME=$1 JOBS=${2:-16} W=${WHEELHOUSE:-$PWD/.whl} SITE=${SITE:-${GPU_SITE:-/tmp/gpusite}}
+B=${GPU_BUILD:-/tmp/gpubuild}/$1
 mkdir -p "$B" "$SITE"
 ARCH=$(python3 -c "import torch;m,n=torch.cuda.get_device_capability();print(f'{m}{n}')")
 export MAX_JOBS=$JOBS TORCH_CUDA_ARCH_LIST="${ARCH:0:1}.${ARCH:1}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pack the compiled CUDA extensions installed in SITE (mmcv with ops, mamba-ssm) into DIR as
-# ext.tar.xz.part.* (under 16 MiB each), debug symbols stripped: about 40 MB instead of the
-# wheels' 77, so that a later call can carry them beside the wheelhouse within the 64 MiB
-# limit and skip about 9 minutes of compiling (run_gpu_bench.sh unpacks them).
+# ext.tar.xz.part.* (under 16 MiB each), debug symbols stripped (about half the wheels' size):
+# another machine with the same GPU architecture, CUDA and torch can unpack them instead of
+# compiling (run_gpu_bench.sh DIR does).
 #   bash tools/gpu/pack_ext.sh SITE DIR
 set -euo pipefail
 SITE=$1 DIR=$(cd "$2" && pwd)

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# On the device: the wheelhouse, then mmcv with CUDA ops and mamba-ssm's kernel, either unpacked
-# from DIR/ext.tar.xz.part.* (left by an earlier call's `build` step, see pack_ext.sh) or else
-# compiled here for this GPU (skipped when a warm machine already has them); then the chosen
-# steps. Results land in $OUT.
+# On the CUDA machine, from the repository root: the wheelhouse (gpu_env.sh), then mmcv with CUDA
+# ops and mamba-ssm's kernel, either unpacked from DIR/ext.tar.xz.part.* (made by the `build`
+# step, see pack_ext.sh) or else compiled here for this GPU (skipped when $SITE already has
+# them); then the chosen steps. Logs and results land in $RESULTS_DIR (default $OUT, else
+# /tmp/out). See tools/gpu/README.md.
 #   bash tools/gpu/run_gpu_bench.sh [DIR|-] [STEP ...]
 # steps: build tests scan kernels backbones graphs bbgraphs downstream scaling profile host ab
 # abgraphs (default: all but build, profile, host, ab, abgraphs, graphs and bbgraphs); `build`
-# packs the compiled extensions into $OUT. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the
+# packs the compiled extensions into the results folder. Env: BACKBONES / DOWNSTREAM_DTYPES narrow the
 # benchmark; AB="NAME=VALUE ..." are the switches the `ab` step measures (environment variables
 # or dotted module attributes: our backbones and Mask R-CNN without and with them, the arms and
 # the peer's Mask R-CNN taking turns, in one process: benchmark.py --ab --paired; `abgraphs`:
 # the backbones replayed from CUDA graphs, kernel time alone); TESTS_K selects tests (pytest -k);
-# SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to bench_kernels.py. A call is limited to 10
-# minutes: split the steps over two calls on a warm machine.
+# SCAN_ARGS go to bench_scan.py, KERNEL_ARGS to bench_kernels.py. Steps can be run one at a time
+# on the same machine: the second run finds the extensions in $SITE.
 set -u
 source tools/gpu/gpu_env.sh
 PARTS=${1:--}
