@@ -253,8 +253,8 @@ def test_cuda_graph_replays_several_shapes_and_accumulates(name, monkeypatch):
     shared pool), gradients accumulated over the four backwards without zero_grad: the same
     gradients as eager (fp32, TF32 off). Overwritten buffers or a lost accumulation are off by
     a quarter or more (one of four terms); the bar is 1e-2 of each gradient's largest value (or
-    of 1e-3 of the model's). Noise reached 1.7e-4 on the device (the first conv's weight), so a
-    bar of 1e-4 failed on noise."""
+    of 1e-3 of the model's). Noise reaches about 2e-4 on a GPU (the first conv's weight), so a
+    bar of 1e-4 would fail on noise."""
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     graphed, eager = pair(name, 'cuda')

@@ -1,4 +1,4 @@
-"""CUDA checks (skipped without a GPU; run on the device, output in the issue notes)."""
+"""CUDA checks (skipped without a GPU; tools/gpu/run_gpu_tests.sh runs them on a CUDA machine)."""
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
 """The Triton kernels equal their PyTorch references, forward and backward. Without a GPU they
-run in Triton's interpreter (conftest sets TRITON_INTERPRET=1); on the device on CUDA."""
+run in Triton's interpreter (conftest sets TRITON_INTERPRET=1); on a GPU on CUDA."""
 import os
 import subprocess
 import sys
@@ -67,7 +67,7 @@ def test_small_maps_take_the_pytorch_path_only_in_training(monkeypatch):
 
 def test_every_kernel_compiles_for_a_gpu_target():
     """The interpreter accepts code that Triton's compiler refuses (a plain-float module global
-    failed only on the device): compile every kernel for sm_90 here, without a GPU."""
+    fails only on a GPU): compile every kernel for sm_90 here, without a GPU."""
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     script = Path(__file__).with_name('triton_compile_check.py')
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,

@@ -63,7 +63,7 @@ MODELS = {
     'Swin-T': ('mmdet', dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2],
                              num_heads=[3, 6, 12, 24], window_size=7, drop_path_rate=0.2)),
     'ConvNeXt-T': ('mmpretrain', dict(type='ConvNeXt', arch='tiny', drop_path_rate=0.1)),
-    # timm's implementations (the reference rows); also the stand-ins for the mm peers
+    # timm's implementations (the official DefMamba's reference peers, docs/benchmark.md); also the stand-ins for the mm peers
     # where mmdet / mmpretrain cannot be imported (a GPU image without mmcv's compiled ops)
     'Swin-T/timm': ('timm', 'swin_tiny_patch4_window7_224'),
     'ConvNeXt-T/timm': ('timm', 'convnext_tiny'),
