@@ -3,6 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops._triton import records_grad
+
 
 class DropPath(nn.Module):
     """Stochastic depth per sample (timm semantics: kept samples are scaled by 1 / keep)."""
@@ -90,8 +92,10 @@ class GeluLinear(torch.autograd.Function):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2 on channels-last tokens (the official ``Mlp`` with dropout 0); GELU
-    and fc2 as :class:`GeluLinear`, which keeps one hidden map for the backward instead of two."""
+    """fc1 -> GELU -> fc2 on channels-last tokens (the official ``Mlp`` with dropout 0). While
+    autograd records, GELU and fc2 run as :class:`GeluLinear`, which keeps one hidden map for
+    the backward instead of two; otherwise, and under a JIT trace (MMEngine's FLOP counter sees
+    no operator inside an autograd Function), as the plain modules: the same numbers."""
 
     def __init__(self, dim, hidden):
         super().__init__()
@@ -99,7 +103,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias)
+        h = self.fc1(x)
+        if torch.jit.is_tracing() or not records_grad(h, self.fc2.weight):
+            return self.fc2(F.gelu(h))
+        return GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)
 
 
 def stage_dims(dims, depths, name):

@@ -2,15 +2,16 @@
 
     python tools/analysis/get_flops.py CONFIG [--shape H W] [--cfg-options k=v ...]
 
-Counted with MMEngine's ``get_model_complexity_info`` (one multiply-add = one FLOP) on one image
-of H x W (default: 224 x 224 for mmpretrain, 800 x 1280 for mmdet, 512 x 2048 for mmseg configs),
-plus the selective scans by VMamba's formula (see mmdefscan/utils/complexity.py). Detectors run
-their 'tensor' forward (backbone, neck, RPN and RoI heads on the predicted proposals), segmentors
-the backbone and decode head (the auxiliary head is training-only). Operators the counter has no
-formula for are listed: they are not in the total (element-wise ops, activations, DefMamba's token
-sort, RoIAlign / NMS, ...). Counted as run in eval mode: Spatial-Mamba's state fusion is then one
-dense 11x11 depthwise convolution (its three dilated 3x3 kernels merged: 121 multiply-adds per
-element, where the training path and the published FLOPs count 27).
+Counted with MMEngine's ``FlopAnalyzer`` (the counter of ``get_model_complexity_info``; one
+multiply-add = one FLOP) on one image of H x W (default: 224 x 224 for mmpretrain, 800 x 1280 for
+mmdet, 512 x 2048 for mmseg configs), plus the selective scans by VMamba's formula (see
+mmdefscan/utils/complexity.py). Detectors run their 'tensor' forward (backbone, neck, RPN and RoI
+heads on the predicted proposals), segmentors the backbone and decode head (the auxiliary head is
+training-only). Operators the counter has no formula for are listed: they are not in the total
+(element-wise ops, activations, DefMamba's token sort, RoIAlign / NMS, ...). Spatial-Mamba's state
+fusion is counted as the three dilated 3x3 depthwise convolutions of training (27 multiply-adds
+per state element, the published count); evaluation runs them as one 11x11 kernel (121), and the
+difference is printed.
 """
 import argparse
 from functools import partial
@@ -76,6 +77,9 @@ def main():
           f'{scan / 1e9:.3f} G selective scan (VMamba: 9 B L D N + B D L per call)')
     print(f'       {(flops - scan + ref) / 1e9:.3f} G with the scan counted as DefMamba\'s '
           f'flops_selective_scan_ref ({ref / 1e9:.3f} G, 3.5 B L D N + B D L)')
+    if result['fused_fusion_extra']:
+        print(f'       state fusion counted as the dilated 3x3 convolutions of training; '
+              f'evaluation\'s 11x11 kernel adds {result["fused_fusion_extra"] / 1e9:.3f} G')
     if result['uncounted']:
         ops = ', '.join(f'{op} x{n}' for op, n in sorted(result['uncounted'].items()))
         print(f'not counted (no FLOP formula): {ops}')
