@@ -1,6 +1,7 @@
 """DAMamba equals the official downstream DAMamba: keys of every variant, outputs and input
 gradients on the reference files (see the fixture README for the procedure and tolerances); its
-sampling follows the official DCNv3 rules point by point; the usual backbone options work."""
+sampling follows the official DCNv3 rules point by point; the options every backbone shares are in
+test_backbone_contract.py."""
 import json
 import math
 
@@ -300,88 +301,6 @@ def test_official_pretrained_keyword_loads_an_imagenet_checkpoint(tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0, msg=k)
 
 
-def test_out_indices_select_stages():
-    model = DAMamba(**SMALL, out_indices=(1, 3)).eval()
-    full = DAMamba(**SMALL).eval()
-    full.load_state_dict(model.state_dict())
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        outs, all_outs = model(x), full(x)
-    assert [o.shape[1] for o in outs] == [32, 64] and len(all_outs) == 4
-    torch.testing.assert_close(outs[0], all_outs[1], rtol=0, atol=0)
-    torch.testing.assert_close(outs[1], all_outs[3], rtol=0, atol=0)
-
-
-def test_frozen_stages_freeze_stem_and_first_stages():
-    model = DAMamba(**SMALL, frozen_stages=2)
-    model.train()
-    frozen = [model.stem, model.stages[0], model.stages[1], model.norm1, model.norm2]
-    for m in frozen:
-        assert not m.training and all(not p.requires_grad for p in m.parameters())
-    assert model.stages[2].training and model.norm3.training
-    trainable = [p for n, p in model.stages[2].named_parameters() if 'conv_constant' not in n]
-    assert all(p.requires_grad for p in trainable)
-    running = model.stages[0].blocks[0].norm2.running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    assert torch.equal(model.stages[0].blocks[0].norm2.running_mean, running)
-
-
-def test_with_cp_gives_same_outputs_gradients_and_running_stats():
-    torch.manual_seed(0)
-    plain = DAMamba(**SMALL, drop_path_rate=0.3, layerscale=[False, False, True, True])
-    checkpointed = DAMamba(**SMALL, drop_path_rate=0.3, layerscale=[False, False, True, True],
-                           with_cp=True)
-    checkpointed.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    weights = [torch.randn(2, c, 64 // 2 ** (i + 2), 64 // 2 ** (i + 2))
-               for i, c in enumerate(SMALL['dims'])]
-    results = []
-    for model in (plain, checkpointed):
-        model.train()
-        torch.manual_seed(1)  # same drop-path draws; checkpointing must replay them
-        outs = model(x)
-        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-        results.append((outs, [p.grad for p in model.parameters()], model.state_dict()))
-    for a, b in zip(results[0][0], results[1][0]):
-        torch.testing.assert_close(a, b)
-    for a, b in zip(results[0][1], results[1][1]):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # the recomputation does not move BatchNorm statistics a second time
-    for k, v in results[0][2].items():
-        torch.testing.assert_close(results[1][2][k], v, rtol=0, atol=0, msg=k)
-
-
-def test_drop_path_is_active_only_in_training():
-    model = DAMamba(**SMALL, drop_path_rate=0.5)
-    x = torch.randn(4, 3, 64, 64)
-    model.train()
-    assert not torch.equal(model(x)[-1], model(x)[-1])
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x)[-1], model(x)[-1])
-
-
-@pytest.mark.parametrize('size', [(32, 32), (64, 32), (33, 47)])
-def test_any_size_gives_finite_outputs_and_gradients(size):
-    """Sides of 32 or less give 1x1 and 2x1 last stages (the official code runs these too)."""
-    model = DAMamba(**SMALL, layerscale=[False, False, True, True])
-    model.eval()
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, *size))
-    for i, o in enumerate(outs):
-        stride = 2 ** (i + 2)
-        assert o.shape == (1, model.dims[i], -(-size[0] // stride), -(-size[1] // stride))
-        assert torch.isfinite(o).all()
-    model.train()  # batch statistics need more than one value per channel: batch 2
-    x = torch.randn(2, 3, *size, requires_grad=True)
-    outs = model(x)
-    sum(o.square().sum() for o in outs).backward()
-    assert all(torch.isfinite(o).all() for o in outs)
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-
-
 def test_trains_on_cpu_without_a_process_group_with_official_syncbn():
     assert not (dist.is_available() and dist.is_initialized())
     model = DAMamba(**SMALL, norm_cfg=dict(type='SyncBN', requires_grad=True))
@@ -418,8 +337,3 @@ def test_bfloat16_model_and_autocast_run_on_cpu():
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16))
     assert all(o.dtype == torch.bfloat16 and torch.isfinite(o).all() for o in outs)
-
-
-def test_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match=r'expects \(B, 3, H, W\)'):
-        DAMamba(**SMALL)(torch.randn(1, 4, 64, 64))

@@ -1,6 +1,7 @@
 """Spatial-Mamba equals the official MM_SpatialMamba: keys of every variant, outputs and input
 gradients on the reference files (see the fixture README for the procedure and tolerances); its
-state fusion never uses a stale fused kernel; the usual backbone options work."""
+state fusion never uses a stale fused kernel; the options every backbone shares are in
+test_backbone_contract.py."""
 import json
 
 import pytest
@@ -277,23 +278,6 @@ def test_eval_mode_backpropagates():
     assert torch.isfinite(x.grad).all() and fusion.alpha.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize('size', [(32, 32), (64, 32), (33, 47), (40, 72)])
-def test_any_size_gives_finite_outputs_and_gradients(size):
-    """Sides <= 32 make 1-pixel last stages."""
-    model = SpatialMamba(dims=8, depths=[1, 1, 1, 1])
-    x = torch.randn(2, 3, *size, requires_grad=True)
-    outs = model(x)
-    for i, o in enumerate(outs):
-        stride = 2 ** (i + 2)
-        assert o.shape == (2, model.dims[i], -(-size[0] // stride), -(-size[1] // stride))
-        assert torch.isfinite(o).all()
-    sum(o.square().sum() for o in outs).backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        assert all(torch.isfinite(o).all() for o in model(x[:1]))
-
-
 def test_official_keyword_dicts_build():
     """The official det / seg configs merge Swin's keys into the backbone dict."""
     det = dict(out_indices=(0, 1, 2, 3), pretrained='', dims=64, d_state=1, depths=(2, 4, 8, 4),
@@ -330,57 +314,3 @@ def test_attn_drop_rate_adds_dropout_after_out_proj():
     model = SpatialMamba(dims=8, depths=[1, 1, 1, 1], attn_drop_rate=0.5)
     assert model.layers[0].blocks[0].self_attention.dropout.p == 0.5
     assert tiny_model().layers[0].blocks[0].self_attention.dropout is None
-
-
-def test_frozen_stages_freeze_stem_and_first_stages():
-    model = tiny_model(frozen_stages=2)
-    model.train()
-    frozen = [model.patch_embed, model.layers[0], model.layers[1], model.outnorm0, model.outnorm1]
-    for m in frozen:
-        assert not m.training and all(not p.requires_grad for p in m.parameters())
-    assert model.layers[2].training and all(p.requires_grad for p in model.layers[2].parameters())
-    # frozen BatchNorms keep their statistics
-    stats = model.patch_embed.conv1.norm.running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    assert torch.equal(model.patch_embed.conv1.norm.running_mean, stats)
-
-
-def test_with_cp_gives_same_outputs_and_gradients():
-    torch.manual_seed(0)
-    plain = tiny_model(drop_path_rate=0.3)
-    checkpointed = tiny_model(drop_path_rate=0.3, with_cp=True)
-    checkpointed.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    results = []
-    for model in (plain, checkpointed):
-        model.train()
-        torch.manual_seed(1)  # same drop-path draws; checkpointing must replay them
-        outs = model(x)
-        sum(o.sum() for o in outs).backward()
-        results.append((outs, [p.grad.clone() for p in model.parameters()]))
-    for a, b in zip(results[0][0], results[1][0]):
-        torch.testing.assert_close(a, b)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_drop_path_is_active_only_in_training():
-    model = tiny_model(drop_path_rate=0.5)
-    x = torch.randn(4, 3, 64, 64)
-    model.train()
-    assert not torch.equal(model(x)[-1], model(x)[-1])
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x)[-1], model(x)[-1])
-
-
-def test_out_indices_select_stages():
-    model = tiny_model(out_indices=(1, 3))
-    outs = model(torch.randn(2, 3, 64, 64))
-    assert [o.shape[1] for o in outs] == [16, 64]
-    assert not hasattr(model, 'outnorm0')
-
-
-def test_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match=r'expects \(B, 3, H, W\)'):
-        tiny_model()(torch.randn(1, 4, 64, 64))
