@@ -122,18 +122,19 @@ def inverse_order(order):
 
 class ConvOffset(nn.Module):
     """Offset network: depthwise k x k conv gated by channel attention of the input, LN, GELU,
-    1x1 conv to 3 channels (2 point offsets y, x and 1 order offset)."""
+    1x1 conv to ``out_channels`` (official: 3, the point offsets y, x and the order offset).
+    ``channel_attention=False`` drops the attention (no ``ca`` module)."""
 
-    def __init__(self, dim, kernel_size):
+    def __init__(self, dim, kernel_size, out_channels=3, channel_attention=True):
         super().__init__()
         self.conv1 = DepthwiseConv2d(dim, kernel_size)
         self.ca = nn.Sequential(nn.Linear(dim, dim // 16), nn.GELU(), nn.Linear(dim // 16, dim),
-                                nn.Sigmoid())
+                                nn.Sigmoid()) if channel_attention else None
         self.ln = LayerNorm(dim, autocast_output=True)  # feeds conv2 only
-        self.conv2 = nn.Conv2d(dim, 3, 1, bias=False)
+        self.conv2 = nn.Conv2d(dim, out_channels, 1, bias=False)
 
     def forward(self, x):
-        attention = self.ca(x.mean((2, 3)))
+        attention = self.ca(x.mean((2, 3))) if self.ca is not None else None
         # GELU(LN(conv1(x) * attention)) in one pass on CUDA; the permutes are views
         x1 = self.ln(self.conv1(x).permute(0, 2, 3, 1), scale=attention, gelu=True)
         # the 1x1 conv as a matmul on the channels-last map, (B, 3, H, W) as a view: cuDNN runs it
@@ -148,56 +149,89 @@ class DeformableScan(nn.Module):
 
     Args:
         dim: channels D of the scanned map.
-        stage: 0..3; picks the offset conv kernel size 9, 7, 5, 3.
+        stage: 0..3; picks the offset conv kernel size 9, 7, 5, 3 (official).
+        kernel_size: the offset conv kernel size instead of the stage's.
+        points: deformable points; off, every token is read at its reference point (the offset
+            network predicts no point offsets).
+        tokens: deformable token order; off, the tokens keep raster order (no order offset).
+        offset_bias: the offset bias (``rpe_table``); off, no table and no bias.
+        channel_attention: the offset network's channel attention.
+        Without points and tokens there is no offset network.
     forward(x (B, D, H, W)) -> (tokens in deformable order (B, D, H*W), order (B, H*W)).
     """
     kernel_sizes = (9, 7, 5, 3)
 
-    def __init__(self, dim, stage=0):
+    def __init__(self, dim, stage=0, kernel_size=None, points=True, tokens=True,
+                 offset_bias=True, channel_attention=True):
         super().__init__()
-        self.conv_offset = ConvOffset(dim, self.kernel_sizes[stage])
-        self.rpe_table = nn.Parameter(torch.zeros(dim, 7, 7))
-        nn.init.trunc_normal_(self.rpe_table, std=0.01)
+        self.points, self.tokens = points, tokens
+        offsets = 2 * points + tokens
+        self.conv_offset = ConvOffset(
+            dim, kernel_size or self.kernel_sizes[stage], offsets, channel_attention) \
+            if offsets else None
+        if offset_bias:
+            self.rpe_table = nn.Parameter(torch.zeros(dim, 7, 7))
+            nn.init.trunc_normal_(self.rpe_table, std=0.01)
+        else:
+            self.register_parameter('rpe_table', None)
 
     def points_and_keys(self, x):
         """Where the deformable tokens of x (B, D, H, W) are read and in which order: the points
         (B, H, W, 2) as (x, y), normalised for ``grid_sample(align_corners=True)``, and the sort
         keys (B, H*W) whose ascending order is the scan order; float32 (float64 stays)."""
-        height, width = x.shape[2:]
+        batch, _, height, width = x.shape
         length = height * width
         # positions and sort keys in float32 (float64 stays): a half-precision grid or key cannot
         # tell neighbouring tokens apart on a detection-size map (fp16 overflows past 65504)
         dtype, device = torch.promote_types(x.dtype, torch.float32), x.device
-        point_offset, order_offset = self.conv_offset(x).to(dtype).split([2, 1], dim=1)
+        offsets = self.conv_offset(x).to(dtype) if self.conv_offset is not None else None
 
         # sampling points, official reference grid (pixel i + 0.5 normalised by side - 1) plus
         # the offsets scaled by 1 / (side - 1); the conv gives (y, x), grid_sample reads (x, y)
         ref_yx, scale_yx, _ = _point_grids(height, width, dtype, device)
-        offset = point_offset.tanh().permute(0, 2, 3, 1)  # (B, H, W, 2) as (y, x), a view
-        pos = torch.addcmul(ref_yx, offset, scale_yx).flip(-1)
-        keys = order_offset.tanh().flatten(1) + _normalised_grid(
-            (0.5, length - 0.5), length, length, dtype, device)
+        if self.points:
+            offset = offsets[:, :2].tanh().permute(0, 2, 3, 1)  # (B, H, W, 2) as (y, x), a view
+            pos = torch.addcmul(ref_yx, offset, scale_yx).flip(-1)
+        else:
+            pos = ref_yx.flip(-1).expand(batch, -1, -1, -1)
+        keys = _normalised_grid((0.5, length - 0.5), length, length, dtype, device)
+        if self.tokens:
+            keys = offsets[:, -1].tanh().flatten(1) + keys
+        else:
+            keys = keys.expand(batch, -1)
         return pos, keys
 
     def forward(self, x):
+        return self.sample(x, *self.points_and_keys(x))
+
+    def sample(self, x, pos, keys):
+        """The tokens of x (B, D, H, W) read at the points ``pos`` plus the offset bias, in the
+        ascending order of ``keys`` (see :meth:`points_and_keys`) -> (tokens, order)."""
         batch, _, height, width = x.shape
-        pos, keys = self.points_and_keys(x)
         dtype, device = pos.dtype, x.device
         # float64 takes the exact PyTorch path, and so do small maps in training: there the Triton
         # path's backward (35 small operators) costs the host more than PyTorch's atomic adds
-        # cost the GPU
-        if use_triton(x, TRAIN_MIN_NUMEL) and dtype == torch.float32:
+        # cost the GPU; the fused kernel adds the offset bias, so a scan without one takes the
+        # PyTorch path too
+        if use_triton(x, TRAIN_MIN_NUMEL) and dtype == torch.float32 \
+                and self.rpe_table is not None:
             key_y = _normalised_grid((0, height), height, height, dtype, device)
             key_x = _normalised_grid((0, width), width, width, dtype, device)
             return sample_and_sort_triton(x, self.rpe_table.to(dtype), pos, keys, key_x, key_y)
 
-        # offset bias: the rpe table resized to the map, read at half the key-to-point distance
-        table = resize_table(self.rpe_table.to(dtype), height, width)[None]
-        sampled = F.grid_sample(x.to(dtype), pos, mode='bilinear', align_corners=True)
-        pos_bias = F.grid_sample(table.expand(batch, -1, -1, -1), _bias_points(pos),
-                                 mode='bilinear', align_corners=True)
+        tokens = F.grid_sample(x.to(dtype), pos, mode='bilinear', align_corners=True)
+        if self.rpe_table is not None:
+            # offset bias: the rpe table resized to the map, read at half the key-to-point
+            # distance
+            table = resize_table(self.rpe_table.to(dtype), height, width)[None]
+            tokens = tokens + F.grid_sample(table.expand(batch, -1, -1, -1), _bias_points(pos),
+                                            mode='bilinear', align_corners=True)
         # the tokens go on in x's dtype: fp32 here would promote the whole scan input under autocast
-        return DeformablePathSort.apply((sampled + pos_bias).to(x.dtype).flatten(2), keys)
+        return DeformablePathSort.apply(tokens.to(x.dtype).flatten(2), keys)
+
+    def extra_repr(self):
+        return (f'points={self.points}, tokens={self.tokens}, '
+                f'offset_bias={self.rpe_table is not None}')
 
 
 def resize_table(table, height, width):

@@ -3,7 +3,8 @@
 ``merge_scans_gate(ys, order, z)``: ys (B, 3, D, L) the raster, reversed and deformable-order
 scan outputs, order (B, L) the deformable order (token ``order[b, j]`` was scanned j-th), z
 (B, H, W, D) the gate branch -> (B, H, W, D) = mean of the three in token order * SiLU(z).
-On CUDA one Triton kernel each way (``kernels/scan_merge_triton.py``), else ``merge_scans_gate_ref``.
+On CUDA one Triton kernel each way (``kernels/scan_merge_triton.py``), else ``merge_scans_gate_ref``,
+which also merges other sets of directions (DefMamba's ablations, :func:`merge_directions`).
 """
 import torch
 import torch.nn.functional as F
@@ -12,10 +13,27 @@ from ._triton import records_grad, use_triton
 from .deformable_scan import inverse_order, unsort_tokens
 
 
-def merge_scans_gate_ref(ys, order, z):
+def merge_directions(ys, order, directions=('forward', 'backward', 'permuted')):
+    """The scan outputs ys (B, K, D, L) brought back to token order and averaged: (B, D, L).
+
+    ``directions`` names each of the K scans: 'forward' (raster), 'backward' (reversed raster)
+    or 'permuted' (token ``order[b, j]`` was scanned j-th)."""
+    merged = 0
+    for y, direction in zip(ys.unbind(1), directions):
+        if direction == 'forward':
+            merged = merged + y
+        elif direction == 'backward':
+            merged = merged + y.flip(-1)
+        elif direction == 'permuted':
+            merged = merged + unsort_tokens(y, order)
+        else:
+            raise ValueError(f'merge_directions: unknown direction {direction!r}')
+    return merged / float(len(directions))
+
+
+def merge_scans_gate_ref(ys, order, z, directions=('forward', 'backward', 'permuted')):
     batch, height, width, dim = z.shape
-    y_raster, y_reversed, y_sorted = ys.unbind(1)
-    y = (y_raster + y_reversed.flip(-1) + unsort_tokens(y_sorted, order)) / 3.0
+    y = merge_directions(ys, order, directions)
     return y.transpose(1, 2).reshape(batch, height, width, dim).to(z.dtype) * F.silu(z)
 
 

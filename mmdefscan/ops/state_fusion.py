@@ -97,22 +97,29 @@ class StateFusion(nn.Module):
 
     Args:
         dim: channels of the state map (B, dim, H, W).
+        dilations: one dilated 3x3 kernel per entry (official: 1, 3, 5).
 
-    Parameters ``kernel_3``, ``kernel_3_1``, ``kernel_3_2`` (dim, 1, 3, 3) for dilations 1, 3, 5
-    and ``alpha`` (3,), all initialised to one (official names and initialisation).
+    Parameters ``kernel_3``, ``kernel_3_1``, ``kernel_3_2``, ... (dim, 1, 3, 3), one per dilation,
+    and ``alpha`` (one weight per dilation), all initialised to one (official names and
+    initialisation).
     """
-    dilations = (1, 3, 5)
 
-    def __init__(self, dim: int):
+    official_dilations = (1, 3, 5)
+
+    def __init__(self, dim: int, dilations=official_dilations):
         super().__init__()
         self.dim = dim
-        self.kernel_3 = nn.Parameter(torch.ones(dim, 1, 3, 3))
-        self.kernel_3_1 = nn.Parameter(torch.ones(dim, 1, 3, 3))
-        self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
-        self.alpha = nn.Parameter(torch.ones(3))
+        self.dilations = tuple(int(d) for d in dilations)
+        if not self.dilations or min(self.dilations) < 1:
+            raise ValueError(f'StateFusion: dilations {dilations} must be positive integers')
+        self.kernel_names = tuple('kernel_3' + (f'_{i}' if i else '')
+                                  for i in range(len(self.dilations)))
+        for name in self.kernel_names:
+            self.register_parameter(name, nn.Parameter(torch.ones(dim, 1, 3, 3)))
+        self.alpha = nn.Parameter(torch.ones(len(self.dilations)))
 
     def kernels(self):
-        return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
+        return tuple(getattr(self, name) for name in self.kernel_names)
 
     def merged_kernel(self):
         """The fused (dim, 1, 11, 11) kernel M of the current parameters (differentiable)."""
@@ -148,8 +155,10 @@ class StateFusion(nn.Module):
         batch, dim, height, width = h.shape
         C = C.reshape(batch, height * width)
         kernels = self.kernels()
+        # the Triton read-out holds the official three dilations
         if (self.training or records_grad(h, C, u, D, self.alpha, *kernels)
-                or h.dtype != torch.float32 or not use_triton(h)):
+                or h.dtype != torch.float32 or not use_triton(h)
+                or self.dilations != self.official_dilations):
             return fuse_read_out_ref(self, h, C, u, D)
         from .kernels.state_fusion_triton import fuse_read_out_fwd
         out_dtype = torch.promote_types(torch.promote_types(h.dtype, C.dtype),
@@ -162,7 +171,9 @@ class StateFusion(nn.Module):
 
 
 def fuse_read_out_ref(fusion, h, C, u, D):
-    """PyTorch :meth:`StateFusion.read_out`: (B, H, W, dim) = C * fusion(h) + D * u."""
+    """PyTorch :meth:`StateFusion.read_out`: (B, H, W, dim) = C * fusion(h) + D * u; without a
+    fusion (None) Mamba's own read-out C * h + D * u."""
     batch, dim, height, width = h.shape
-    y = torch.addcmul(u * D[:, None], fusion(h).flatten(2), C.reshape(batch, 1, -1))
+    fused = fusion(h) if fusion is not None else h
+    y = torch.addcmul(u * D[:, None], fused.flatten(2), C.reshape(batch, 1, -1))
     return y.transpose(1, 2).reshape(batch, height, width, dim)

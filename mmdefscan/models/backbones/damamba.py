@@ -130,10 +130,11 @@ class DASSM(nn.Module):
     z), read in raster order (B, C, L); [dt, B, C] = x_proj_weight u; delta = dt_projs_weight dt;
     h = selective_scan_states(u, delta, -exp(A_logs), B, dt_projs_bias) (one state, see
     :mod:`mmdefscan.ops.dynamic_adaptive_scan`); y = C h + Ds u; out = out_proj(out_norm(y)).
-    d_state 1, expand 1, no gate, groups = C // head_dim.
+    d_state 1, expand 1, no gate, groups = C // head_dim. ``adaptive_scan=False`` (ablation):
+    no offset network, u = x read in raster order.
     """
 
-    def __init__(self, dim, head_dim=16, d_conv=3, dt_rank='auto'):
+    def __init__(self, dim, head_dim=16, d_conv=3, dt_rank='auto', adaptive_scan=True):
         super().__init__()
         if head_dim < 1 or dim // head_dim < 1:
             raise ValueError(f'DAMamba: head_dim {head_dim} leaves no group in a '
@@ -149,7 +150,8 @@ class DASSM(nn.Module):
         self.conv2d = nn.Conv2d(dim, dim, d_conv, padding=(d_conv - 1) // 2, groups=dim)
         self.out_norm = LayerNorm2d(dim, autocast_output=True)  # feeds out_proj
         self.out_proj = nn.Conv2d(dim, dim, 1, bias=False)
-        self.da_scan = DynamicAdaptiveScan(dim, groups=dim // head_dim)
+        self.da_scan = DynamicAdaptiveScan(dim, groups=dim // head_dim) if adaptive_scan \
+            else None
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -165,17 +167,30 @@ class DASSM(nn.Module):
         self.A_logs.zero_()  # log(1): d_state 1
         self.Ds.fill_(1.0)
 
-    def forward(self, z):
-        batch, dim, height, width = z.shape
-        x = F.silu(self.conv2d(self.in_proj(z)))
-        u = self.da_scan(z, x).reshape(batch, dim, height * width)
+    def scan_input(self, z):
+        """The block's normed map z (B, C, H, W) -> the values x (B, C, H, W) the scan samples."""
+        return F.silu(self.conv2d(self.in_proj(z)))
+
+    def ssm_parameters(self, u):
+        """The scanned tokens u (B, C, L) -> delta (B, C, L, before the bias and softplus), Bs
+        and Cs (B, 1, L)."""
         dts, Bs, Cs = batched_matmul(self.x_proj_weight, u).split([self.dt_rank, 1, 1], dim=1)
-        delta = batched_matmul(self.dt_projs_weight, dts)
+        return batched_matmul(self.dt_projs_weight, dts), Bs, Cs
+
+    def read_out(self, u, delta, Bs, Cs):
+        """The state scan of u (B, C, L) read out: y (B, C, L) = C h + Ds u."""
         h = selective_scan_states(u, delta, -torch.exp(self.A_logs), Bs, self.dt_projs_bias)[:, :, 0]
         # h is float32 (as the official kernel returns); the sum keeps the official float32
         # under autocast and returns to the model's dtype when the model itself is low precision
-        y = torch.addcmul(u * self.Ds[:, None], h, Cs).to(torch.promote_types(u.dtype,
-                                                                               self.Ds.dtype))
+        return torch.addcmul(u * self.Ds[:, None], h, Cs).to(torch.promote_types(u.dtype,
+                                                                                  self.Ds.dtype))
+
+    def forward(self, z):
+        batch, dim, height, width = z.shape
+        x = self.scan_input(z)
+        u = (self.da_scan(z, x) if self.da_scan is not None else x).reshape(
+            batch, dim, height * width)
+        y = self.read_out(u, *self.ssm_parameters(u))
         return self.out_proj(self.out_norm(y.reshape(batch, dim, height, width)))
 
 
@@ -184,7 +199,7 @@ class DAMambaBlock(nn.Module):
     (official ``Block``; ``norm1`` LayerNorm, ``norm2`` BatchNorm; layer scales only if enabled)."""
 
     def __init__(self, dim, head_dim, mlp_ratio, drop_path=0.0, layerscale=False,
-                 norm_cfg=None):
+                 norm_cfg=None, adaptive_scan=True):
         super().__init__()
         if layerscale:
             self.layer_scale_1 = nn.Parameter(torch.full((dim,), LAYER_SCALE_INIT))
@@ -192,7 +207,7 @@ class DAMambaBlock(nn.Module):
         else:
             self.register_parameter('layer_scale_1', None)
             self.register_parameter('layer_scale_2', None)
-        self.token_mixer = DASSM(dim, head_dim)
+        self.token_mixer = DASSM(dim, head_dim, adaptive_scan=adaptive_scan)
         self.norm1 = LayerNorm2d(dim, autocast_output=True)  # feeds in_proj and the offsets
         self.norm2 = build_norm(norm_cfg, dim)
         self.mlp = ConvFFN(dim, int(mlp_ratio * dim))
@@ -256,6 +271,8 @@ class DAMamba(ScanBackbone):
             which is plain BatchNorm without a process group (see :func:`build_norm`).
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly; official
             ImageNet checkpoints (under ``model``, with ``head.fc``) load as they are.
+        adaptive_scan: the dynamic adaptive scan; False (ablation) scans the values in fixed
+            raster order, without the offset networks.
         **official_kwargs: the official constructor's keywords (``depths``, ``dims``,
             ``mlp_ratios``, ``head_dim``, ``layerscale``, ``in_chans``, ``drop_rate``,
             ``pretrained``, and the downstream ``pretrain_size`` / ``img_size``); unknown ones
@@ -265,7 +282,7 @@ class DAMamba(ScanBackbone):
 
     def __init__(self, arch=None, out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  drop_path_rate=None, with_cp=False, cuda_graph=False, norm_cfg=None,
-                 init_cfg=None, **official_kwargs):
+                 init_cfg=None, adaptive_scan=True, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
         if cfg['pretrained']:
             if init_cfg is not None:
@@ -295,7 +312,8 @@ class DAMamba(ScanBackbone):
             downsample = nn.Identity() if i == 0 else nn.Sequential(
                 nn.Conv2d(dims[i - 1], dims[i], 3, 2, 1), build_norm(norm_cfg, dims[i]))
             blocks = [DAMambaBlock(dims[i], cfg['head_dim'], cfg['mlp_ratios'][i], rates[i][j],
-                                   cfg['layerscale'][i], norm_cfg) for j in range(depth)]
+                                   cfg['layerscale'][i], norm_cfg, adaptive_scan)
+                      for j in range(depth)]
             stages.append(DAMambaStage(downsample, blocks))
         self.stages = nn.ModuleList(stages)
         for i, dim in enumerate(dims):

@@ -8,6 +8,7 @@ heuristic): docs/architecture.md.
 
 Layout between blocks is channels-last (B, H, W, C); outputs are NCHW.
 """
+import functools
 import math
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 
 from ...ops import (DeformableScan, DepthwiseConv2d, LayerNorm, merge_scans_gate,
-                    selective_scan_fn)
+                    merge_scans_gate_ref, selective_scan_fn)
 from ...registry import register_backbone
 from ..layers import DropPath, Mlp, Permute, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
@@ -46,17 +47,67 @@ _FIXED_OFFICIAL_KEYS = {
 }
 
 
+# DefMamba's scan directions: raster, reversed raster, and one permuted third direction (the
+# deformable scan, or the fixed orders the paper's ablation compares it with).
+DIRECTIONS = ('forward', 'backward', 'deformable', 'continuous', 'local')
+PERMUTED_DIRECTIONS = ('deformable', 'continuous', 'local')
+OFFICIAL_DIRECTIONS = ('forward', 'backward', 'deformable')
+
+
+def check_directions(directions):
+    """``directions`` in the canonical order (forward, backward, then the permuted one), or
+    ValueError: a non-empty subset of :data:`DIRECTIONS` with at most one permuted direction."""
+    directions = tuple(directions)
+    unknown = sorted(set(directions) - set(DIRECTIONS))
+    if unknown or not directions or len(set(directions)) != len(directions):
+        raise ValueError(f'DefMamba: directions {directions} must be distinct names out of '
+                         f'{DIRECTIONS}')
+    if sum(d in PERMUTED_DIRECTIONS for d in directions) > 1:
+        raise ValueError(f'DefMamba: directions {directions} have more than one of '
+                         f'{PERMUTED_DIRECTIONS} (the third direction)')
+    return tuple(d for d in DIRECTIONS if d in directions)
+
+
+@functools.lru_cache(maxsize=64)
+def fixed_scan_order(kind, height, width, window, device):
+    """(H*W,) the raster indices of the tokens in scan order: 'continuous' (PlainMamba's
+    continuous scan: rows alternate left-to-right and right-to-left, so consecutive tokens are
+    always neighbours) or 'local' (LocalMamba's local scan: window x window windows in raster
+    order, raster order inside each; partial windows at the right and bottom edges)."""
+    rows = torch.arange(height, device=device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=device)[None, :].expand(height, width)
+    if kind == 'continuous':
+        keys = rows * width + torch.where(rows % 2 == 1, width - 1 - cols, cols)
+    elif kind == 'local':
+        windows_per_row = -(-width // window)
+        keys = ((rows // window * windows_per_row + cols // window) * window * window
+                + rows % window * window + cols % window)
+    else:
+        raise ValueError(f'fixed_scan_order: unknown kind {kind!r}')
+    with torch.inference_mode(False):
+        return torch.argsort(keys.flatten())
+
+
 class DeformableSSM(nn.Module):
     """Token mixer (official ``DSSM``): in_proj -> SiLU(dwconv) -> 3-direction scan
-    (raster, reversed, deformable) -> average -> gate SiLU(z) -> out_proj."""
-    directions = 3
+    (raster, reversed, deformable) -> average -> gate SiLU(z) -> out_proj.
 
-    def __init__(self, dim, stage, d_state=16, ssm_ratio=1.0, dt_rank='auto'):
+    ``directions`` (DefMamba's ablations): any subset of forward / backward / one permuted
+    direction ('deformable', or the fixed 'continuous' / 'local' orders of
+    :func:`fixed_scan_order`, with ``local_window``); one set of SSM parameters per direction.
+    ``deformable`` holds :class:`DeformableScan`'s switches (``points``, ``tokens``,
+    ``offset_bias``, ``channel_attention``, ``kernel_size``).
+    """
+
+    def __init__(self, dim, stage, d_state=16, ssm_ratio=1.0, dt_rank='auto',
+                 directions=OFFICIAL_DIRECTIONS, local_window=7, deformable=None):
         super().__init__()
         d_inner = int(ssm_ratio * dim)
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
-        k = self.directions
+        self.directions = check_directions(directions)
+        self.local_window = local_window
+        k = len(self.directions)
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.conv2d = DepthwiseConv2d(d_inner, 3)
         self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
@@ -65,7 +116,8 @@ class DeformableSSM(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
-        self.DS = DeformableScan(d_inner, stage)
+        if 'deformable' in self.directions:
+            self.DS = DeformableScan(d_inner, stage, **(deformable or {}))
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -81,29 +133,67 @@ class DeformableSSM(nn.Module):
                           .expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def scan(self, x, z):
-        """x (B, D, H, W) contiguous, gate z (B, H, W, D) -> (B, H, W, D): the three scans
-        averaged in token order, times SiLU(z)."""
-        batch, d_inner, height, width = x.shape
-        length = height * width
-        sorted_tokens, order = self.DS(x)
-        raster = x.flatten(2)
-        xs = torch.stack((raster, raster.flip(-1), sorted_tokens), 1)  # (B, K, D, L)
-        # per-direction projections as broadcast matmuls: einsum would save a permuted copy of xs
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, dt_rank + 2N, L)
-        dts, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (B, K, D, L)
-        ys = selective_scan_fn(
-            xs.view(batch, -1, length), dts.view(batch, -1, length), -self.A_logs.exp(),
-            Bs, Cs, self.Ds, delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True)
-        return merge_scans_gate(ys.view(batch, self.directions, d_inner, length), order, z)
-
-    def forward(self, x):
+    def scan_input(self, x):
+        """The block's normed tokens (B, H, W, C) -> the scanned map x (B, D, H, W), contiguous,
+        and the gate branch z (B, H, W, D)."""
         x, z = self.in_proj(x).chunk(2, dim=-1)
         # channel-first and contiguous from here: the depthwise convs get a fast layout (cuDNN's
         # channels-last grouped kernel is slow for the 9x9 offset conv) and raster is a view
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        return self.out_proj(self.scan(x, z))
+        return F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous())), z
+
+    def sequences(self, x, path=None):
+        """x (B, D, H, W) -> (the scanned sequences (B, K, D, L), the permuted direction's order
+        (B, L) or None). ``path``: the deformable scan's (points, keys) to read x with, by
+        default predicted from x (:meth:`DeformableScan.points_and_keys`)."""
+        raster = x.flatten(2)
+        sequences, order = [], None
+        for direction in self.directions:
+            if direction == 'forward':
+                sequences.append(raster)
+            elif direction == 'backward':
+                sequences.append(raster.flip(-1))
+            elif direction == 'deformable':
+                tokens, order = self.DS(x) if path is None else self.DS.sample(x, *path)
+                sequences.append(tokens)
+            else:
+                order = fixed_scan_order(direction, *x.shape[2:], self.local_window, x.device)
+                sequences.append(raster[:, :, order])
+                order = order.expand(x.shape[0], -1)
+        return torch.stack(sequences, 1), order
+
+    def ssm_parameters(self, xs):
+        """The sequences xs (B, K, D, L) -> their dts (B, K, D, L, before the bias and softplus),
+        Bs and Cs (B, K, N, L)."""
+        # per-direction projections as broadcast matmuls: einsum would save a permuted copy of xs
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, dt_rank + 2N, L)
+        dts, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        return torch.matmul(self.dt_projs_weight, dts), Bs, Cs
+
+    def merge(self, ys, order, z):
+        """The scans' outputs ys (B, K, D, L) in token order, averaged, times SiLU(z)."""
+        if self.directions[:2] == ('forward', 'backward') and len(self.directions) == 3:
+            return merge_scans_gate(ys, order, z)
+        # the fused merge kernel takes exactly forward, backward and one permuted direction;
+        # the other direction sets of the ablations merge in PyTorch
+        return merge_scans_gate_ref(ys, order, z, [
+            'permuted' if d in PERMUTED_DIRECTIONS else d for d in self.directions])
+
+    def ssm(self, xs, dts, Bs, Cs):
+        """The selective scans of the sequences xs (B, K, D, L) -> ys (B, K, D, L)."""
+        batch, _, d_inner, length = xs.shape
+        ys = selective_scan_fn(
+            xs.reshape(batch, -1, length), dts.reshape(batch, -1, length), -self.A_logs.exp(),
+            Bs, Cs, self.Ds, delta_bias=self.dt_projs_bias.reshape(-1), delta_softplus=True)
+        return ys.view(xs.shape)
+
+    def scan(self, x, z):
+        """x (B, D, H, W) contiguous, gate z (B, H, W, D) -> (B, H, W, D): the scans averaged in
+        token order, times SiLU(z)."""
+        xs, order = self.sequences(x)
+        return self.merge(self.ssm(xs, *self.ssm_parameters(xs)), order, z)
+
+    def forward(self, x):
+        return self.out_proj(self.scan(*self.scan_input(x)))
 
 
 class DefMambaBlock(nn.Module):
@@ -143,6 +233,13 @@ class DefMamba(ChannelsLastBackbone):
         cuda_graph: replay the training forward + backward from CUDA graphs, captured for the
             first 8 input shapes (an int N: N shapes); see ``mmdefscan/models/cuda_graph.py``.
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly.
+        directions, local_window, deformable_points, deformable_tokens, offset_bias,
+            channel_attention, offset_kernel_sizes: the paper's ablations (defaults: the official
+            model). ``directions``: any subset of 'forward', 'backward' and one of
+            'deformable' / 'continuous' / 'local' (the third direction, see
+            :class:`DeformableSSM`); ``local_window``: the local scan's window; the four
+            switches turn the deformable scan's parts on or off (:class:`DeformableScan`);
+            ``offset_kernel_sizes``: the offset network's kernel per stage.
         **official_kwargs: the official ``MM_VSSM`` keywords (``dims``, ``depths``,
             ``ssm_d_state``, ``ssm_ratio``, ``ssm_dt_rank``, ``mlp_ratio``, ``pretrained``, ...),
             so an official backbone dict works with only ``type`` changed.
@@ -152,7 +249,9 @@ class DefMamba(ChannelsLastBackbone):
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  drop_path_rate=None, with_cp=False, cuda_graph=False, init_cfg=None,
-                 **official_kwargs):
+                 directions=OFFICIAL_DIRECTIONS, local_window=7, deformable_points=True,
+                 deformable_tokens=True, offset_bias=True, channel_attention=True,
+                 offset_kernel_sizes=DeformableScan.kernel_sizes, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
         if cfg.pop('pretrained', None):
             if init_cfg is not None:
@@ -171,7 +270,13 @@ class DefMamba(ChannelsLastBackbone):
             LayerNorm(dims[0] // 2), Permute(0, 3, 1, 2), nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1), Permute(0, 2, 3, 1), LayerNorm(dims[0]))
         ssm_kwargs = dict(d_state=cfg['ssm_d_state'], ssm_ratio=cfg['ssm_ratio'],
-                          dt_rank=cfg['ssm_dt_rank'], mlp_ratio=cfg['mlp_ratio'])
+                          dt_rank=cfg['ssm_dt_rank'], mlp_ratio=cfg['mlp_ratio'],
+                          directions=check_directions(directions), local_window=local_window)
+        if len(offset_kernel_sizes) < len(depths):
+            raise ValueError(f'DefMamba: {len(offset_kernel_sizes)} offset_kernel_sizes for '
+                             f'{len(depths)} stages')
+        deformable = dict(points=deformable_points, tokens=deformable_tokens,
+                          offset_bias=offset_bias, channel_attention=channel_attention)
         rates = stochastic_depth_rates(cfg['drop_path_rate'], depths)
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
@@ -179,7 +284,9 @@ class DefMamba(ChannelsLastBackbone):
                 Permute(0, 3, 1, 2), nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1),
                 Permute(0, 2, 3, 1), LayerNorm(dims[i + 1])) if i < len(depths) - 1 \
                 else nn.Identity()
-            blocks = [DefMambaBlock(dims[i], i, rates[i][j], **ssm_kwargs) for j in range(depth)]
+            blocks = [DefMambaBlock(dims[i], i, rates[i][j], deformable=dict(
+                deformable, kernel_size=offset_kernel_sizes[i]), **ssm_kwargs)
+                for j in range(depth)]
             self.layers.append(DefMambaStage(blocks, downsample))
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', LayerNorm(dims[i]))

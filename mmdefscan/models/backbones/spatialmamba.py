@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 
 from ...ops import LayerNorm, StateFusion, selective_scan_states
+from ...ops.state_fusion import fuse_read_out_ref
 from ...registry import register_backbone
 from ..layers import DropPath, Mlp, batched_matmul, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
@@ -98,7 +99,8 @@ class StructureAwareSSM(nn.Module):
     """Token mixer (official ``StructureAwareSSM``): in_proj -> SiLU(dwconv) -> one raster state
     scan -> state fusion -> y = C * h_fused + D * u -> out_norm -> gate SiLU(z) -> out_proj."""
 
-    def __init__(self, dim, d_state=1, expand=2, dt_init='random', dropout=0.0):
+    def __init__(self, dim, d_state=1, expand=2, dt_init='random', dropout=0.0,
+                 fusion_dilations=StateFusion.official_dilations):
         super().__init__()
         d_inner = expand * dim
         self.d_state = d_state
@@ -110,7 +112,8 @@ class StructureAwareSSM(nn.Module):
         self.Ds = nn.Parameter(torch.empty(d_inner))
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
-        self.state_fusion = StateFusion(d_inner)
+        # no dilations: no state fusion, the plain single-scan Mamba read-out C h + D u
+        self.state_fusion = StateFusion(d_inner, fusion_dilations) if fusion_dilations else None
         self.out_norm = LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
@@ -137,20 +140,36 @@ class StructureAwareSSM(nn.Module):
                           .expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def ssm(self, x):
-        """x (B, D, H, W) -> y (B, H, W, D) = C * fused states + D * u."""
-        batch, d_inner, height, width = x.shape
-        u = x.flatten(2)
+    def ssm_parameters(self, u):
+        """The scanned tokens u (B, D, L) -> dts (B, D, L, before the bias and softplus), Bs and
+        Cs (B, N, L)."""
         x_dbl = batched_matmul(self.x_proj_weight, u)
         dts, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        dts = batched_matmul(self.dt_projs_weight, dts)
+        return batched_matmul(self.dt_projs_weight, dts), Bs, Cs
+
+    def read_out(self, u, height, width, dts, Bs, Cs):
+        """The state scan of u (B, D, H*W), fused, read out: y (B, H, W, D) = C * fused states
+        + D * u."""
         h = selective_scan_states(u, dts, -torch.exp(self.A_logs), Bs, self.dt_projs_bias,
                                   delta_softplus=True)  # (B, D, 1, L), float32 (or float64)
-        return self.state_fusion.read_out(h.view(batch, d_inner, height, width), Cs, u, self.Ds)
+        h = h.view(u.shape[0], u.shape[1], height, width)
+        if self.state_fusion is None:
+            return fuse_read_out_ref(None, h, Cs, u, self.Ds)
+        return self.state_fusion.read_out(h, Cs, u, self.Ds)
+
+    def ssm(self, x):
+        """x (B, D, H, W) -> y (B, H, W, D) = C * fused states + D * u."""
+        u = x.flatten(2)
+        return self.read_out(u, *x.shape[2:], *self.ssm_parameters(u))
+
+    def scan_input(self, x):
+        """The block's normed tokens (B, H, W, C) -> the scanned map x (B, D, H, W) and the gate
+        branch z (B, H, W, D)."""
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        return F.silu(self.conv2d(x.permute(0, 3, 1, 2))), z
 
     def forward(self, x):
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        x, z = self.scan_input(x)
         y = self.out_norm(self.ssm(x).to(self.out_norm.weight.dtype))
         y = self.out_proj(y * F.silu(z))
         return self.dropout(y) if self.dropout is not None else y
@@ -204,6 +223,8 @@ class SpatialMamba(ChannelsLastBackbone):
         init_cfg: ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads strictly; official
             ImageNet checkpoints (``'model'`` with ``norm.*`` / ``head.*``, no output norms) load
             as they are.
+        fusion_dilations: the state fusion's dilations (official 1, 3, 5); None or () for no
+            state fusion, a plain single-scan Mamba (y = C h + D u).
         **official_kwargs: the official ``Backbone_SpatialMamba`` keywords (``dims``, ``depths``,
             ``d_state``, ``dt_init``, ``mlp_ratio``, ``attn_drop_rate``, ``use_checkpoint``,
             ``pretrained``, ...) and the Swin keys its det/seg configs merge in, so an official
@@ -214,7 +235,7 @@ class SpatialMamba(ChannelsLastBackbone):
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  drop_path_rate=None, with_cp=False, cuda_graph=False, init_cfg=None,
-                 **official_kwargs):
+                 fusion_dilations=StateFusion.official_dilations, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
         if cfg['pretrained']:
             if init_cfg is not None:
@@ -234,7 +255,8 @@ class SpatialMamba(ChannelsLastBackbone):
         for i, depth in enumerate(depths):
             blocks = [SpatialMambaBlock(dims[i], rates[i][j], mlp_ratio=cfg['mlp_ratio'],
                                         attn_drop_rate=cfg['attn_drop_rate'],
-                                        d_state=cfg['d_state'], dt_init=cfg['dt_init'])
+                                        d_state=cfg['d_state'], dt_init=cfg['dt_init'],
+                                        fusion_dilations=tuple(fusion_dilations or ()))
                       for j in range(depth)]
             if i < len(depths) - 1:
                 if dims[i + 1] != 2 * dims[i]:
