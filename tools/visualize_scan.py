@@ -19,18 +19,12 @@ import os
 import os.path as osp
 
 import cv2
-import numpy as np
 import torch
 
 import mmdefscan  # noqa: F401  (registers the backbones)
+from mmdefscan.analysis.images import build_backbone, image_norm, load_image, overlay
 from mmdefscan.engine import load_config, run_cli
-from mmdefscan.models.checkpoint import load_backbone_weights
 from mmdefscan.models.scan_paths import image_scale, record_scan_paths
-from mmdefscan.registry import MODELS
-
-# ImageNet statistics (RGB), when the config has no data_preprocessor
-DEFAULT_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
-
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,36 +38,6 @@ def parse_args():
     parser.add_argument('--out-dir', default='work_dirs/scan_paths')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     return parser.parse_args()
-
-
-def build_backbone(cfg, checkpoint, prefix):
-    backbone_cfg = dict(cfg.model.backbone)
-    backbone_cfg.pop('init_cfg', None)
-    backbone_cfg['type'] = backbone_cfg['type'].split('.')[-1]  # 'mmdefscan.DefMamba'
-    backbone_cfg.pop('cuda_graph', None)  # inference only
-    backbone = MODELS.build(backbone_cfg)
-    if checkpoint is None:
-        print('no --checkpoint: the backbone has random weights, so are its scan paths')
-        return backbone
-    load_backbone_weights(backbone, checkpoint, prefix=prefix or None,
-                          head_prefixes=backbone.head_prefixes,
-                          optional_prefixes=backbone.optional_prefixes)
-    return backbone
-
-
-def load_image(path, size, norm):
-    """(the resized BGR image (uint8), the normalised input (1, 3, H, W))."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f'image {path} does not exist or is not an image')
-    scale = size / min(image.shape[:2])
-    height, width = (max(32, round(side * scale / 32) * 32) for side in image.shape[:2])
-    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    pixels = image[..., ::-1] if norm.get('bgr_to_rgb', norm.get('to_rgb', False)) else image
-    mean = np.asarray(norm.get('mean', DEFAULT_NORM['mean']), np.float32)
-    std = np.asarray(norm.get('std', DEFAULT_NORM['std']), np.float32)
-    tensor = torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
-    return image, tensor[None]
 
 
 def draw_points(image, path, arrows_per_side=24):
@@ -91,10 +55,7 @@ def draw_points(image, path, arrows_per_side=24):
 
 def draw_order(image, path):
     rank = path.rank.double()
-    colours = cv2.applyColorMap((rank / max(rank.numel() - 1, 1) * 255).byte().numpy(),
-                                cv2.COLORMAP_JET)
-    colours = cv2.resize(colours, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-    return cv2.addWeighted(image, 0.4, colours, 0.6, 0)
+    return overlay(image, (rank / max(rank.numel() - 1, 1)).numpy())
 
 
 def summary(path):
@@ -112,9 +73,8 @@ def summary(path):
 def main():
     args = parse_args()
     cfg = load_config(args.config)
-    norm = dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or DEFAULT_NORM)
     backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
-    image, x = load_image(args.image, args.size, norm)
+    image, x = load_image(args.image, args.size, image_norm(cfg))
     paths = record_scan_paths(backbone, x.to(args.device))
     os.makedirs(args.out_dir, exist_ok=True)
     print(f'\n{type(backbone).__name__} on {args.image} resized to {image.shape[1]}x'

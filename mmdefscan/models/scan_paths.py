@@ -63,30 +63,47 @@ def _adaptive_path(name, module, z, stride):
     return ScanPath(name, stride, reference, reference + offsets * image_scale(stride))
 
 
-@torch.no_grad()
-def record_scan_paths(backbone, image):
-    """Run ``image`` (1, 3, H, W), normalised as the backbone expects, through ``backbone`` in
-    eval mode; the :class:`ScanPath` of every deformable / adaptive scan, in forward order."""
+def record_module_inputs(backbone, image, types):
+    """Run ``image`` through ``backbone`` in eval mode without gradients; the first input of
+    every module of one of ``types``, as (name, module, input), in forward order. ValueError if
+    the backbone has no such module."""
     inputs = []
 
     def keep(name):
         return lambda module, args: inputs.append((name, module, args[0]))
     hooks = [m.register_forward_pre_hook(keep(n)) for n, m in backbone.named_modules()
-             if isinstance(m, (DeformableScan, DynamicAdaptiveScan))]
+             if isinstance(m, types)]
     if not hooks:
-        raise ValueError(f'{type(backbone).__name__} has no learned scan path (DefMamba\'s '
-                         'deformable scan or DAMamba\'s dynamic adaptive scan)')
+        raise ValueError(f'{type(backbone).__name__} has no '
+                         f'{" or ".join(t.__name__ for t in types)} module')
     was_training = backbone.training
     backbone.eval()
     try:
-        backbone(image)
+        with torch.no_grad():
+            backbone(image)
     finally:
         for hook in hooks:
             hook.remove()
         backbone.train(was_training)
+    return inputs
+
+
+def map_stride(image_size, map_size):
+    """Image pixels per map pixel, as (y, x), from the (H, W) of each."""
+    return (image_size[0] / map_size[0], image_size[1] / map_size[1])
+
+
+@torch.no_grad()
+def record_scan_paths(backbone, image):
+    """Run ``image`` (1, 3, H, W), normalised as the backbone expects, through ``backbone`` in
+    eval mode; the :class:`ScanPath` of every deformable / adaptive scan, in forward order."""
+    try:
+        inputs = record_module_inputs(backbone, image, (DeformableScan, DynamicAdaptiveScan))
+    except ValueError:
+        raise ValueError(f'{type(backbone).__name__} has no learned scan path (DefMamba\'s '
+                         'deformable scan or DAMamba\'s dynamic adaptive scan)') from None
     paths = []
     for name, module, x in inputs:
-        stride = (image.shape[2] / x.shape[2], image.shape[3] / x.shape[3])
         path = _deformable_path if isinstance(module, DeformableScan) else _adaptive_path
-        paths.append(path(name, module, x, stride))
+        paths.append(path(name, module, x, map_stride(image.shape[2:], x.shape[2:])))
     return paths
