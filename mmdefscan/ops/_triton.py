@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from .tracing import is_exporting
+
 # the kernels live in mmdefscan/ops/kernels/ and are imported only when used
 HAS_TRITON = importlib.util.find_spec('triton') is not None
 
@@ -29,10 +31,11 @@ def records_grad(*tensors) -> bool:
 
 def use_triton(x, train_min_numel=0) -> bool:
     """True when x should go through a Triton kernel: a CUDA tensor, Triton present, not off, and
-    small enough for the kernels' 32-bit offsets; while autograd records, at least
+    small enough for the kernels' 32-bit offsets, and not being exported (an exported graph
+    holds the PyTorch paths); while autograd records, at least
     ``train_min_numel`` elements."""
     if not (HAS_TRITON and x.is_cuda and x.numel() < 2 ** 31
-            and os.environ.get('MMDEFSCAN_TRITON', '1') != '0'):
+            and os.environ.get('MMDEFSCAN_TRITON', '1') != '0' and not is_exporting()):
         return False
     if not train_min_numel or not torch.is_grad_enabled():
         return True

@@ -28,6 +28,7 @@ from ..registry import MODELS
 from ._triton import use_triton
 from .depthwise_conv import DepthwiseConv2d
 from .layer_norm import LayerNorm
+from .tracing import linspace, size_cache, stable_argsort
 
 # Training takes the Triton path from this many elements of x: on smaller maps the PyTorch path is
 # as fast or faster forward + backward. Forward + backward ms, PyTorch / Triton, on the four
@@ -37,7 +38,7 @@ from .layer_norm import LayerNorm
 TRAIN_MIN_NUMEL = 2 ** 23
 
 
-@functools.lru_cache(maxsize=128)
+@size_cache(maxsize=128)
 def _normalised_grid(start_end, count, divisor_count, dtype, device):
     """linspace(start, end, count) / (divisor_count - 1) * 2 - 1, safe for divisor_count == 1.
 
@@ -46,11 +47,11 @@ def _normalised_grid(start_end, count, divisor_count, dtype, device):
     be saved for a later backward; callers never write into it."""
     start, end = start_end
     with torch.inference_mode(False):
-        return torch.linspace(start, end, count, dtype=dtype, device=device) * (
-            2.0 / max(divisor_count - 1, 1)) - 1.0
+        return linspace(start, end, count, dtype, device) * (
+            2.0 / torch.sym_max(divisor_count - 1, 1)) - 1.0
 
 
-@functools.lru_cache(maxsize=128)
+@size_cache(maxsize=128)
 def _point_grids(height, width, dtype, device):
     """Constants of the sampling points for one map size, built once: the reference grid as
     (y, x) per pixel (H, W, 2), the offset scale 1 / (side - 1) per axis as (y, x), and half the
@@ -64,7 +65,8 @@ def _point_grids(height, width, dtype, device):
         key_half_xy = torch.stack(torch.meshgrid(grid((0, width), width, width),
                                                  grid((0, height), height, height),
                                                  indexing='xy'), -1) * 0.5
-        scale_yx = torch.stack([torch.full((), 1.0 / max(side - 1, 1), dtype=dtype, device=device)
+        scale_yx = torch.stack([torch.full((), 1.0 / torch.sym_max(side - 1, 1), dtype=dtype,
+                                           device=device)
                                 for side in (height, width)])
     return ref_yx, scale_yx, key_half_xy
 
@@ -79,7 +81,7 @@ class DeformablePathSort(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, keys):
-        order = torch.argsort(keys, dim=-1, stable=True)
+        order = stable_argsort(keys)
         ctx.save_for_backward(order)
         ctx.mark_non_differentiable(order)
         return torch.gather(x, 2, order[:, None, :].expand_as(x)), order
@@ -245,7 +247,7 @@ def resize_table(table, height, width):
         return torch.matmul(torch.matmul(rows, table), columns_t)
 
 
-@functools.lru_cache(maxsize=64)
+@size_cache(maxsize=64)
 def _resize_matrices(height, width, table_h, table_w, dtype, device):
     """(H, h) and (w, W): the resize rows of each axis, built once per map size (outside
     inference mode, so that training may save them)."""
@@ -262,7 +264,7 @@ def resize_matrix(size, table_size, dtype, device):
     return F.interpolate(eye, size=(size, 1), mode='bilinear', align_corners=False)[0, :, :, 0].T
 
 
-@functools.lru_cache(maxsize=32)
+@size_cache(maxsize=32)
 def _table_taps(width, height, table_size, dtype, device):
     """Constants of :func:`rpe_table_backward` for one map size, built once: the resize rows of
     the x axis, then of the y axis, then a zero row for taps off the map (W + H + 1, t); the

@@ -41,8 +41,6 @@ state that returns the state sequence itself,
 i.e. :func:`~mmdefscan.ops.selective_scan_states` (the shared selective scan with C = 1, no D
 and no gate), always in float32 (float64 stays float64), whatever the dtype of its inputs.
 """
-import functools
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,9 +49,10 @@ from ..registry import MODELS
 from ._triton import records_grad, use_triton
 from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
+from .tracing import size_cache
 
 
-@functools.lru_cache(maxsize=64)
+@size_cache(maxsize=64)
 def _grid_constants(height, width, dtype, device):
     """Per map size, built once: grid_sample's coordinates of the pixel centres as (x, y)
     (H, W, 1, 2), and the normalised size of one pixel per axis, (2 / W, 2 / H)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..registry import MODELS
 from ._triton import use_triton
+from .tracing import is_exporting
 
 _KERNEL = None  # None: not tried yet; False: not importable; else the module
 
@@ -131,6 +132,26 @@ class _ScanTorch(torch.autograd.Function):
         return du, ddt, dA, dB, dC
 
 
+def _scan_exported(u, dt, A, B, C):
+    """:class:`_ScanTorch`'s forward as one ``scan`` over time, for exported graphs: a single
+    loop (an ONNX ``Scan``) of any length, without the chunked scan's size-dependent Python loops,
+    cumulative product and in-place writes. Same arguments and results (no backward)."""
+    from torch._higher_order_ops.scan import scan
+    batch, dim, length = u.shape
+    groups = B.shape[1]
+    grouped = (batch, groups, dim // groups, A.shape[1], length)
+    a = (dt[:, :, None] * A[None, :, :, None]).exp().view(grouped).movedim(-1, 0)
+    x = ((dt * u).view(batch, groups, -1, 1, length) * B[:, :, None]).movedim(-1, 0)
+    c = C[:, :, None].movedim(-1, 0)  # (L, b, G, 1, N)
+
+    def step(h, inputs):
+        a_t, x_t, c_t = inputs
+        h = torch.addcmul(x_t, a_t, h)
+        return h, (h * c_t).sum(-1)
+    last, y = scan(step, x.new_zeros(grouped[:-1]), (a, x, c))
+    return y.movedim(0, -1).reshape(batch, dim, length), last.view(batch, dim, -1)
+
+
 def _grouped(M, batch, dim, length):
     """B or C as (b, G, N, L): (D, N) is G = D constant groups, (b, N, L) one group (views)."""
     if M.dim() == 2:
@@ -159,8 +180,9 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         delta = delta + delta_bias.to(cdt)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)  # threshold 20: identity above, as in the kernels
-    y, last = _ScanTorch.apply(u, delta, A.to(cdt), _grouped(B.to(cdt), batch, dim, length),
-                               _grouped(C.to(cdt), batch, dim, length))
+    scan = _scan_exported if is_exporting() else _ScanTorch.apply
+    y, last = scan(u, delta, A.to(cdt), _grouped(B.to(cdt), batch, dim, length),
+                   _grouped(C.to(cdt), batch, dim, length))
     if D is not None:
         y = y + D.to(cdt)[:, None] * u
     if z is not None:
@@ -308,12 +330,12 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                       return_last_state=False):
     """Selective scan with mamba-ssm's signature. On CUDA where :func:`triton_scan_supported`:
     the Triton scan (forward and backward); otherwise mamba-ssm's kernel when available; else
-    (and on CPU) the exact torch scan.
+    (and on CPU, and in exported graphs) the exact torch scan.
 
     Under autocast the recurrence runs in float32 and the result has the dtype of ``u``.
     """
     with torch.autocast(u.device.type, enabled=False):
-        if u.is_cuda and u.dtype != torch.float64:
+        if u.is_cuda and u.dtype != torch.float64 and not is_exporting():
             if triton_scan_supported(u, B, C, z, return_last_state):
                 return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus)
             if _load_kernel():
