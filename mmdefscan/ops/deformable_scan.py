@@ -28,7 +28,7 @@ from ..registry import MODELS
 from ._triton import use_triton
 from .depthwise_conv import DepthwiseConv2d
 from .layer_norm import LayerNorm
-from .tracing import linspace, size_cache, stable_argsort
+from .tracing import linspace, size_cache, size_max, stable_argsort
 
 # Training takes the Triton path from this many elements of x: on smaller maps the PyTorch path is
 # as fast or faster forward + backward. Forward + backward ms, PyTorch / Triton, on the four
@@ -48,7 +48,7 @@ def _normalised_grid(start_end, count, divisor_count, dtype, device):
     start, end = start_end
     with torch.inference_mode(False):
         return linspace(start, end, count, dtype, device) * (
-            2.0 / torch.sym_max(divisor_count - 1, 1)) - 1.0
+            2.0 / size_max(divisor_count - 1, 1)) - 1.0
 
 
 @size_cache(maxsize=128)
@@ -65,7 +65,7 @@ def _point_grids(height, width, dtype, device):
         key_half_xy = torch.stack(torch.meshgrid(grid((0, width), width, width),
                                                  grid((0, height), height, height),
                                                  indexing='xy'), -1) * 0.5
-        scale_yx = torch.stack([torch.full((), 1.0 / torch.sym_max(side - 1, 1), dtype=dtype,
+        scale_yx = torch.stack([torch.full((), 1.0 / size_max(side - 1, 1), dtype=dtype,
                                            device=device)
                                 for side in (height, width)])
     return ref_yx, scale_yx, key_half_xy

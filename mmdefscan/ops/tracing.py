@@ -29,6 +29,15 @@ def is_exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
+def size_max(a, b):
+    """The larger of two sizes: ``torch.sym_max`` where one is symbolic (export), else Python's
+    ``max`` (ints, and the 0-d tensors that sizes are under ``torch.jit.trace``, which MMEngine's
+    FLOP counter runs; ``torch.sym_max`` refuses those)."""
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        return torch.sym_max(a, b)
+    return max(a, b)
+
+
 def size_cache(maxsize):
     """``functools.lru_cache(maxsize)`` for functions of a map size that build constant tensors,
     bypassed while tracing (see the module docstring); ``.cache_clear`` and ``.cache_info`` as
