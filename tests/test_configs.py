@@ -8,9 +8,10 @@ from mmengine.registry import init_default_scope
 
 from _refs import REPO
 
-# configs/imagenet/ (mmpretrain classifiers) are built and stepped in test_imagenet_configs.py
+# configs/imagenet/ (mmpretrain classifiers) are built and stepped in test_imagenet_configs.py,
+# configs/ablations/ in test_ablation_configs.py
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / 'configs').rglob('*.py')
-                 if '_base_' not in p.parts and 'imagenet' not in p.parts)
+                 if not {'_base_', 'imagenet', 'ablations'} & set(p.parts))
 
 
 def test_every_model_family_has_configs():

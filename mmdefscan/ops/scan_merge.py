@@ -3,8 +3,8 @@
 ``merge_scans_gate(ys, order, z)``: ys (B, 3, D, L) the raster, reversed and deformable-order
 scan outputs, order (B, L) the deformable order (token ``order[b, j]`` was scanned j-th), z
 (B, H, W, D) the gate branch -> (B, H, W, D) = mean of the three in token order * SiLU(z).
-On CUDA one Triton kernel each way (``kernels/scan_merge_triton.py``), else ``merge_scans_gate_ref``,
-which also merges other sets of directions (DefMamba's ablations, :func:`merge_directions`).
+On CUDA one Triton kernel each way (``kernels/scan_merge_triton.py``), else ``merge_scans_gate_ref``.
+:func:`merge_directions` merges any set of directions (DefMamba's ablations).
 """
 import torch
 import torch.nn.functional as F

@@ -38,7 +38,7 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='mm config with a DefMamba, SpatialMamba or DAMamba backbone')
+    parser.add_argument('config', help='mm config, DefMamba, SpatialMamba or DAMamba backbone')
     parser.add_argument('image', help='image file, or a folder of images')
     parser.add_argument('--checkpoint', help='model or backbone checkpoint')
     parser.add_argument('--prefix', default='backbone.',
