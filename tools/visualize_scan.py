@@ -22,21 +22,16 @@ import cv2
 import torch
 
 import mmdefscan  # noqa: F401  (registers the backbones)
-from mmdefscan.analysis.images import build_backbone, image_norm, load_image, overlay
+from mmdefscan.analysis.images import (add_input_arguments, build_backbone, image_norm,
+                                       load_image, overlay)
 from mmdefscan.engine import load_config, run_cli
 from mmdefscan.models.scan_paths import image_scale, record_scan_paths
 
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='mm config with a DefMamba or DAMamba backbone')
-    parser.add_argument('image', help='image file')
-    parser.add_argument('--checkpoint', help='model or backbone checkpoint')
-    parser.add_argument('--prefix', default='backbone.',
-                        help="the backbone's keys in the checkpoint ('' for a backbone checkpoint)")
-    parser.add_argument('--size', type=int, default=512,
-                        help='short side of the input, rounded to a multiple of 32')
-    parser.add_argument('--out-dir', default='work_dirs/scan_paths')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    add_input_arguments(parser, 'mm config with a DefMamba or DAMamba backbone', 'image file',
+                        'work_dirs/scan_paths')
     return parser.parse_args()
 
 

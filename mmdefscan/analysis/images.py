@@ -11,6 +11,21 @@ from ..registry import MODELS
 DEFAULT_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
 
 
+def add_input_arguments(parser, config_help, image_help, out_dir):
+    """The arguments the analysis tools share: config, image, --checkpoint, --prefix, --size,
+    --out-dir, --device."""
+    parser.add_argument('config', help=config_help)
+    parser.add_argument('image', help=image_help)
+    parser.add_argument('--checkpoint', help='model or backbone checkpoint')
+    parser.add_argument('--prefix', default='backbone.',
+                        help="the backbone's keys in the checkpoint ('' for a backbone checkpoint)")
+    parser.add_argument('--size', type=int, default=512,
+                        help='short side of the input, rounded to a multiple of 32')
+    parser.add_argument('--out-dir', default=out_dir)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    return parser
+
+
 def image_norm(cfg):
     """The normalisation of a config's data_preprocessor (model's or top level), else ImageNet's."""
     return dict(cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor')

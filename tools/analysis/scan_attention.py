@@ -30,7 +30,8 @@ import torch
 
 import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.analysis import effective_receptive_field, record_scan_attention
-from mmdefscan.analysis.images import build_backbone, image_norm, load_image, overlay
+from mmdefscan.analysis.images import (add_input_arguments, build_backbone, image_norm,
+                                       load_image, overlay)
 from mmdefscan.engine import load_config, run_cli
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -38,19 +39,12 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='mm config, DefMamba, SpatialMamba or DAMamba backbone')
-    parser.add_argument('image', help='image file, or a folder of images')
-    parser.add_argument('--checkpoint', help='model or backbone checkpoint')
-    parser.add_argument('--prefix', default='backbone.',
-                        help="the backbone's keys in the checkpoint ('' for a backbone checkpoint)")
+    add_input_arguments(parser, 'mm config, DefMamba, SpatialMamba or DAMamba backbone',
+                        'image file, or a folder of images', 'work_dirs/scan_attention')
     parser.add_argument('--tokens', nargs='+', default=None, metavar='Y,X',
                         help='query pixels of the resized image (default: its centre)')
     parser.add_argument('--erf', type=int, default=0, metavar='N_IMAGES',
                         help='effective receptive fields averaged over N images')
-    parser.add_argument('--size', type=int, default=512,
-                        help='short side of the input, rounded to a multiple of 32')
-    parser.add_argument('--out-dir', default='work_dirs/scan_attention')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     return parser.parse_args()
 
 
