@@ -155,7 +155,8 @@ def run_tool(*args):
 
 def test_the_tool_writes_pictures_and_numbers(tmp_path):
     """A DAMamba backbone checkpoint, two query tokens and the ERF over a folder of two images:
-    one picture per module and token at the image's size, one per stage, and the numbers."""
+    one picture per module and token at the image's size, one per stage, the summary of both,
+    and the numbers."""
     config = tmp_path / 'damamba.py'
     config.write_text(f'model = dict(backbone={DAMAMBA!r})\n')
     checkpoint = tmp_path / 'backbone.pth'
@@ -175,8 +176,14 @@ def test_the_tool_writes_pictures_and_numbers(tmp_path):
     assert [(int(s), int(h), int(w), t) for s, h, w, t in rows] == [
         (s, 8 >> s, 16 >> s, t) for s in range(4) for t in ('5,6', '31,60')]
     drawn = sorted(p.name for p in out.glob('*.png'))
-    assert len(drawn) == 12 and drawn[0] == '00_stages_0_blocks_0_token_mixer_q0.png'
-    assert all(cv2.imread(str(out / name)).shape == (32, 64, 3) for name in drawn)
+    assert len(drawn) == 13 and drawn[0] == '00_stages_0_blocks_0_token_mixer_q0.png'
+    assert all(cv2.imread(str(out / name)).shape == (32, 64, 3) for name in drawn
+               if name != 'summary.png')
+    summary = cv2.imread(str(out / 'summary.png'))
+    assert summary.shape == (2 * 32, 4 * 64, 3)
+    assert np.array_equal(summary[:32, 64:128], cv2.imread(str(out / '01_stages_1_blocks_0_'
+                                                                 'token_mixer_q0.png')))
+    assert np.array_equal(summary[32:, 192:], cv2.imread(str(out / 'erf_stage3.png')))
     numbers = torch.load(out / 'scan_attention.pth')
     assert numbers['erf'].shape == (4, 32, 64) and numbers['tokens'].tolist() == [[5, 6], [31, 60]]
     first = numbers['modules'][0]

@@ -15,7 +15,8 @@ default its centre) the scan's implicit attention row, in closed form
 of its absolute value on the mixer's map over the image (normalised to the row's 99.5th
 percentile; the query marked white). ``--erf N``: the effective receptive field of every output
 stage, averaged over the first N images of IMAGE's folder (or IMAGE alone), ``erf_stage<i>.png``
-(log scale, as RepLKNet draws it). The numbers go to ``scan_attention.pth`` (``torch.load``):
+(log scale, as RepLKNet draws it). ``summary.png``: the first token's picture of every stage's
+last mixer side by side, the stages' effective receptive fields below. The numbers go to ``scan_attention.pth`` (``torch.load``):
 per module its name, stride, query pixels on its map and ``attention`` (Q, H, W), the mean
 absolute row over channels, and per stage ``erf`` (S, H, W). One row per module is printed: the
 mean distance of the attention from the query, in map pixels, and the share within 1 pixel.
@@ -23,6 +24,7 @@ mean distance of the attention from the query, in map pixels, and the share with
 import argparse
 import os
 import os.path as osp
+import re
 
 import cv2
 import numpy as np
@@ -35,6 +37,7 @@ from mmdefscan.analysis.images import (add_input_arguments, build_backbone, imag
 from mmdefscan.engine import load_config, run_cli
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+STAGE = re.compile(r'(?:layers|stages)\.(\d+)\.')
 
 
 def parse_args():
@@ -86,6 +89,13 @@ def draw_attention(image, values, point):
     return canvas
 
 
+def side_by_side(rows):
+    """One picture of rows of equal-sized pictures (empty rows left out, short rows padded)."""
+    rows = [np.hstack(row) for row in rows if row]
+    width = max(row.shape[1] for row in rows)
+    return np.vstack([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows])
+
+
 def spread(values, query):
     """(mean distance from the query in map pixels, share within 1 pixel) of a (H, W) map."""
     rows, cols = torch.meshgrid(torch.arange(values.shape[0]), torch.arange(values.shape[1]),
@@ -109,17 +119,22 @@ def main():
     print(f'\n{type(backbone).__name__} on {files[0]} resized to {image.shape[1]}x'
           f'{image.shape[0]}; distances in map pixels')
     print('\n| module | map | token | mean distance | within 1 pixel |\n|---|---|---|---|---|')
+    last_of_stage = {}  # the first token's picture of each stage's last mixer
     for index, att in enumerate(record_scan_attention(backbone, x.to(args.device), points)):
         attention = att.rows.abs().mean(0)  # (Q, H, W)
         results['modules'].append(dict(name=att.name, stride=att.stride, queries=att.queries,
                                        attention=attention))
         stem = osp.join(args.out_dir, f'{index:02d}_{att.name.replace(".", "_")}')
         for k, (point, query) in enumerate(zip(points, att.queries.tolist())):
-            cv2.imwrite(f'{stem}_q{k}.png', draw_attention(image, attention[k].numpy(), point))
+            drawn = draw_attention(image, attention[k].numpy(), point)
+            cv2.imwrite(f'{stem}_q{k}.png', drawn)
+            if k == 0:
+                last_of_stage[STAGE.search(att.name).group(1)] = drawn
             distance, near = spread(attention[k], query)
             print(f'| {att.name} | {attention.shape[1]}x{attention.shape[2]} | {point[0]},'
                   f'{point[1]} | {distance:.2f} | {near:.3f} |')
 
+    erf_pictures = []
     if args.erf:
         images = [load_image(f, args.size, norm)[1] for f in files[:args.erf]]
         if len({i.shape for i in images}) > 1:
@@ -129,9 +144,12 @@ def main():
         results['erf'] = erf
         for stage, values in enumerate(erf):
             scaled = torch.log10(values / values.max() * 1e3 + 1) / 3  # log scale over 3 decades
-            cv2.imwrite(osp.join(args.out_dir, f'erf_stage{stage}.png'),
-                        overlay(image, scaled.numpy(), interpolation=cv2.INTER_LINEAR))
+            drawn = overlay(image, scaled.numpy(), interpolation=cv2.INTER_LINEAR)
+            cv2.imwrite(osp.join(args.out_dir, f'erf_stage{stage}.png'), drawn)
+            erf_pictures.append(drawn)
         print(f'\neffective receptive fields of {erf.shape[0]} stages over {len(images)} images')
+    cv2.imwrite(osp.join(args.out_dir, 'summary.png'),
+                side_by_side([list(last_of_stage.values()), erf_pictures]))
     torch.save(results, osp.join(args.out_dir, 'scan_attention.pth'))
     print(f'\nwrote {len(results["modules"])} modules to {args.out_dir}')
 
