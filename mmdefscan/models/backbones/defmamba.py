@@ -8,7 +8,6 @@ heuristic): docs/architecture.md.
 
 Layout between blocks is channels-last (B, H, W, C); outputs are NCHW.
 """
-import functools
 import math
 
 import torch
@@ -18,6 +17,7 @@ from mmengine.logging import print_log
 
 from ...ops import (DeformableScan, DepthwiseConv2d, LayerNorm, merge_scans_gate,
                     merge_scans_gate_ref, selective_scan_fn)
+from ...ops.tracing import size_cache
 from ...registry import register_backbone
 from ..layers import DropPath, Mlp, Permute, stage_dims, stochastic_depth_rates
 from .base import ChannelsLastBackbone
@@ -68,23 +68,24 @@ def check_directions(directions):
     return tuple(d for d in DIRECTIONS if d in directions)
 
 
-@functools.lru_cache(maxsize=64)
+@size_cache(maxsize=64)
 def fixed_scan_order(kind, height, width, window, device):
     """(H*W,) the raster indices of the tokens in scan order: 'continuous' (PlainMamba's
     continuous scan: rows alternate left-to-right and right-to-left, so consecutive tokens are
     always neighbours) or 'local' (LocalMamba's local scan: window x window windows in raster
-    order, raster order inside each; partial windows at the right and bottom edges)."""
-    rows = torch.arange(height, device=device)[:, None].expand(height, width)
-    cols = torch.arange(width, device=device)[None, :].expand(height, width)
-    if kind == 'continuous':
-        keys = rows * width + torch.where(rows % 2 == 1, width - 1 - cols, cols)
-    elif kind == 'local':
-        windows_per_row = -(-width // window)
-        keys = ((rows // window * windows_per_row + cols // window) * window * window
-                + rows % window * window + cols % window)
-    else:
+    order, raster order inside each; partial windows at the right and bottom edges). Built
+    outside inference mode: the cached order may serve a later training step."""
+    if kind not in ('continuous', 'local'):
         raise ValueError(f'fixed_scan_order: unknown kind {kind!r}')
     with torch.inference_mode(False):
+        rows = torch.arange(height, device=device)[:, None].expand(height, width)
+        cols = torch.arange(width, device=device)[None, :].expand(height, width)
+        if kind == 'continuous':
+            keys = rows * width + torch.where(rows % 2 == 1, width - 1 - cols, cols)
+        else:
+            windows_per_row = -(-width // window)
+            keys = ((rows // window * windows_per_row + cols // window) * window * window
+                    + rows % window * window + cols % window)
         return torch.argsort(keys.flatten())
 
 
