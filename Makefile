@@ -1,7 +1,9 @@
-# The two commands of the README. Both create / reuse .venv/ (tools/setup_env.sh).
+# The commands of the README. Each creates / reuses .venv/ (tools/setup_env.sh).
+# make test runs every test (CI); make test-fast leaves out the tests marked slow (long
+# end-to-end runs), for a quick check while developing.
 PY := .venv/bin/python
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup:
 	@bash tools/setup_env.sh
 
@@ -10,3 +12,6 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
