@@ -10,6 +10,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    """The embedded synthetic shapes dataset, written once per session (train/test tools, TTA)."""
+    from mmdefscan.datasets.synthetic import generate
+    return generate(str(tmp_path_factory.mktemp('synthetic')))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -19,12 +19,6 @@ DET_CFG = 'configs/demo/maskrcnn_defmamba_t_synthetic.py'
 SEG_CFG = 'configs/demo/upernet_defmamba_t_synthetic.py'
 
 
-@pytest.fixture(scope='session')
-def data_root(tmp_path_factory):
-    from mmdefscan.datasets.synthetic import generate
-    return generate(str(tmp_path_factory.mktemp('synthetic')))
-
-
 def load_tool(script):
     """A script of tools/analysis/ as a module (they are not a package)."""
     import importlib.util
@@ -68,6 +62,7 @@ def scalars(work_dir):
     return {row['iter']: row['loss'] for row in rows if 'loss' in row}
 
 
+@pytest.mark.slow
 def test_detection_train_then_test_plain_and_tta(tmp_path, data_root):
     opts = TINY_DET + data_options(data_root) + det_eval_options(data_root)
     train(DET_CFG, tmp_path, opts, iters=2)
@@ -82,6 +77,7 @@ def test_detection_train_then_test_plain_and_tta(tmp_path, data_root):
         assert (tmp_path / 'preds.pkl').is_file()
 
 
+@pytest.mark.slow
 def test_segmentation_train_then_test_plain_and_tta(tmp_path, data_root):
     opts = TINY_SEG + data_options(data_root)
     train(SEG_CFG, tmp_path, opts, iters=2)
@@ -92,6 +88,7 @@ def test_segmentation_train_then_test_plain_and_tta(tmp_path, data_root):
         assert re.search(r'mIoU: [\d.]+', result.stdout + result.stderr)
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_losses(tmp_path, data_root):
     """An interrupted run resumed from its checkpoint (torch.load weights_only default) logs
     the same losses as an uninterrupted one. Dropout/drop path off: torch's RNG is not saved."""
@@ -148,6 +145,7 @@ def test_the_tools_let_the_cuda_allocator_grow_its_segments(monkeypatch, user_se
     assert run_cli(lambda: os.environ.get('PYTORCH_CUDA_ALLOC_CONF')) == expected
 
 
+@pytest.mark.slow
 def test_two_process_training_with_torchrun(tmp_path, data_root):
     opts = TINY_DET + data_options(data_root) + det_eval_options(data_root) + [
         'train_cfg.max_iters=2', 'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=2',

@@ -16,12 +16,14 @@ DET_CFG = REPO / 'configs/demo/maskrcnn_defmamba_t_synthetic.py'
 
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-    from mmdefscan.datasets.synthetic import generate
-    root = generate(str(tmp_path_factory.mktemp('synthetic'))) + '/'
+def demo(data_root):
+    root = data_root.rstrip('/') + '/'
     cfg = Config.fromfile(str(DET_CFG))
     cfg.model.backbone.update(dims=[16, 32, 32, 32], depths=[1, 1, 1, 1])
     cfg.model.neck.in_channels = [16, 32, 32, 32]
+    # fewer proposals and detections than the demo (CPU time): the views compare one to one
+    cfg.model.test_cfg.rpn.max_per_img = 100
+    cfg.model.test_cfg.rcnn.max_per_img = 20
     from mmdet.registry import DATASETS, MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):  # for this module's tests only
         torch.manual_seed(0)
