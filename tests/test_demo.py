@@ -7,11 +7,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from _refs import REPO
 
 ITERS = 250
 
 
+@pytest.mark.slow
 def test_demo_learns_and_tta_does_not_lower_map(tmp_path):
     work_dir = tmp_path / 'demo'
     done = subprocess.run([sys.executable, 'tools/demo.py', '--iters', str(ITERS),

@@ -76,6 +76,7 @@ def test_config_builds_and_takes_a_loss_step(path):
     assert first.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_the_recipe_trains_and_tests_through_the_tools_on_a_folder_dataset(tmp_path):
     """tools/train.py runs DefMamba-T's recipe (RandAugment, random erasing, Mixup / CutMix, EMA,
     gradient clipping) in full precision (--no-amp: its AMP wrapper is for CUDA) on a
