@@ -288,9 +288,35 @@ def test_state_fusion_read_out_kernel_matches_torch(size):
     assert max_rel_err(out, ref) < 1e-5
 
 
-def test_state_fusion_read_out_takes_the_kernel_only_without_autograd(monkeypatch):
-    """The kernel has no backward: training, or any input that needs a gradient, takes the
-    PyTorch path; inference of float32 states takes the kernel, with the same result."""
+@pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 9)])
+def test_state_fusion_read_out_backward_matches_torch(monkeypatch, size):
+    """The read-out's Triton backward against autograd through the training path (three
+    replicate pads and dilated convs): every input's gradient, the kernels' and alphas' included;
+    maps smaller and larger than the widest dilation (the pad folds back onto the border), C a
+    strided view, u in bfloat16 (its gradient in bfloat16 too)."""
+    monkeypatch.setattr(state_fusion_module, 'use_triton', lambda x: True)
+    batch, dim, length = 2, 40, size[0] * size[1]
+    fusion = StateFusion(dim).to(DEVICE).train()
+    with torch.no_grad():
+        for param in fusion.parameters():
+            param.copy_(torch.randn_like(param))
+    h = torch.randn(batch, dim, *size, device=DEVICE, requires_grad=True)
+    x_dbl = torch.randn(batch, 3, length, device=DEVICE, requires_grad=True)
+    u = torch.randn(batch, dim, length, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    D = torch.randn(dim, device=DEVICE, requires_grad=True)
+    inputs = [h, x_dbl, u, D, *fusion.parameters()]
+    out = fusion.read_out(h, x_dbl[:, 2:], u, D)
+    ref = fuse_read_out_ref(fusion, h, x_dbl[:, 2:], u, D)
+    assert out.dtype == ref.dtype == torch.float32 and max_rel_err(out, ref) < 1e-5
+    weight = torch.randn_like(ref)
+    for a, b in zip(grads(out, inputs, weight), grads(ref, inputs, weight)):
+        assert a.dtype == b.dtype  # bfloat16: one rounding of the largest value apart
+        assert max_rel_err(a, b) < (1e-5 if a.dtype == torch.float32 else 1e-2)
+
+
+def test_state_fusion_read_out_routing(monkeypatch):
+    """float32 states take the kernel (with or without autograd, in training and evaluation);
+    float64 states and fusions of other dilations than the official take the PyTorch path."""
     calls = []
     monkeypatch.setattr(state_fusion_module, 'use_triton', lambda x: calls.append(x) or True)
     fusion = StateFusion(8).to(DEVICE)
@@ -298,16 +324,16 @@ def test_state_fusion_read_out_takes_the_kernel_only_without_autograd(monkeypatc
     C, u, D = (torch.randn(1, 1, 20, device=DEVICE), torch.randn(1, 8, 20, device=DEVICE),
                torch.randn(8, device=DEVICE))
     ref = fuse_read_out_ref(fusion.eval(), h, C, u, D)
-    assert ref.requires_grad  # the fusion's parameters: the eval forward with autograd is exact
-    assert torch.equal(fusion.eval().read_out(h, C, u, D), ref) and not calls
-    with torch.no_grad():
-        assert torch.equal(fusion.train().read_out(h, C, u, D),
-                           fuse_read_out_ref(fusion, h, C, u, D))
-        assert not calls
-        out = fusion.eval().read_out(h, C, u, D)
-        assert len(calls) == 1 and max_rel_err(out, ref) < 1e-6
-        fusion.read_out(h.double(), C.double(), u.double(), D.double())  # float64 stays exact
-        assert len(calls) == 1
+    for training in (False, True):
+        out = fusion.train(training).read_out(h, C, u, D)
+        assert out.requires_grad and max_rel_err(out, ref) < 1e-6
+        with torch.no_grad():
+            assert max_rel_err(fusion.read_out(h, C, u, D), ref) < 1e-6
+    assert len(calls) == 4
+    out = fusion.read_out(h.double(), C.double(), u.double(), D.double())
+    assert len(calls) == 4 and out.dtype == torch.float64
+    ablated = StateFusion(8, dilations=(1, 3)).to(DEVICE)
+    assert torch.equal(ablated.read_out(h, C, u, D), fuse_read_out_ref(ablated, h, C, u, D))
 
 
 @pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 9)])

@@ -30,9 +30,10 @@ rebuilt from the current parameters on every evaluation forward: it never goes s
 optimiser step or ``load_state_dict`` (the official cache does), and it can be back-propagated.
 
 **Read-out.** :meth:`StateFusion.read_out` returns y = C * fused(h) + D * u as channel-last tokens.
-Without autograd on CUDA it is one Triton kernel (``kernels/state_fusion_triton.py``: the clamped
-taps read the states directly, no padded copy, no 11x11 conv, no transposing copy); otherwise
-:func:`fuse_read_out_ref`.
+For float32 states on CUDA it is one Triton kernel (``kernels/state_fusion_triton.py``: the
+clamped taps read the states directly, no padded copy, no 11x11 conv, no transposing copy), in
+training too, with a Triton backward (two kernels instead of the three pads' and dilated convs'
+gradients); otherwise :func:`fuse_read_out_ref`.
 """
 import torch
 import torch.nn as nn
@@ -41,6 +42,10 @@ import torch.nn.functional as F
 from ..registry import MODELS
 from ._triton import records_grad, use_triton
 from .selective_scan import _compute_dtype, selective_scan_fn
+
+# Whether calls that autograd records take the Triton read-out and its backward (False: the
+# PyTorch path's pads and dilated convs; ``benchmark.py --ab`` measures one against the other).
+TRAIN_KERNEL = True
 
 
 def selective_scan_states(u, delta, A, B, delta_bias=None, delta_softplus=True):
@@ -154,20 +159,42 @@ class StateFusion(nn.Module):
         """
         batch, dim, height, width = h.shape
         C = C.reshape(batch, height * width)
-        kernels = self.kernels()
         # the Triton read-out holds the official three dilations
-        if (self.training or records_grad(h, C, u, D, self.alpha, *kernels)
-                or h.dtype != torch.float32 or not use_triton(h)
+        if (h.dtype != torch.float32 or not use_triton(h)
                 or self.dilations != self.official_dilations):
             return fuse_read_out_ref(self, h, C, u, D)
-        from .kernels.state_fusion_triton import fuse_read_out_fwd
         out_dtype = torch.promote_types(torch.promote_types(h.dtype, C.dtype),
                                         torch.promote_types(u.dtype, D.dtype))
-        return fuse_read_out_fwd(h.contiguous(), [k.contiguous() for k in kernels], self.alpha,
-                                 C, u.contiguous(), D, out_dtype)
+        inputs = (h.contiguous(), C, u.contiguous(), D, self.alpha,
+                  *[k.contiguous() for k in self.kernels()])
+        if records_grad(*inputs):
+            if not TRAIN_KERNEL:
+                return fuse_read_out_ref(self, h, C, u, D)
+            return _FuseReadOut.apply(out_dtype, *inputs)
+        from .kernels.state_fusion_triton import fuse_read_out_fwd
+        return fuse_read_out_fwd(inputs[0], inputs[5:], self.alpha, C, inputs[2], D, out_dtype)
 
     def extra_repr(self):
         return f'dim={self.dim}, dilations={self.dilations}'
+
+
+class _FuseReadOut(torch.autograd.Function):
+    """The Triton read-out with its Triton backward (``kernels/state_fusion_triton.py``)."""
+
+    @staticmethod
+    def forward(ctx, out_dtype, h, C, u, D, alpha, *kernels):
+        from .kernels.state_fusion_triton import fuse_read_out_fwd
+        ctx.save_for_backward(h, C, u, D, alpha, *kernels)
+        return fuse_read_out_fwd(h, kernels, alpha, C, u, D, out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        from .kernels.state_fusion_triton import fuse_read_out_bwd
+        h, C, u, D, alpha, *kernels = ctx.saved_tensors
+        dh, dkernels, dalpha, dC, du, dD = fuse_read_out_bwd(dy.contiguous(), h, kernels, alpha,
+                                                             C, u, D)
+        return (None, dh, dC.to(C.dtype), du, dD.to(D.dtype), dalpha.to(alpha.dtype),
+                *[dk.to(k.dtype) for dk, k in zip(dkernels, kernels)])
 
 
 def fuse_read_out_ref(fusion, h, C, u, D):
