@@ -358,18 +358,45 @@ def test_adaptive_sample_kernel_matches_torch(size, dtype):
         assert error < (1e-5 if dtype == torch.float32 else 8e-3)
 
 
-def test_adaptive_sample_takes_the_kernel_only_without_autograd(monkeypatch):
+@pytest.mark.parametrize('size', [(1, 1), (5, 7), (13, 9)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_adaptive_sample_backward_matches_torch(monkeypatch, size, dtype):
+    """The sampling's Triton backward against grid_sample's: the values' gradient (corners shared
+    by several points, corners outside the map) and the offsets' (summed over each group's
+    channels: 20, 8 and 4 per group, so one or several channel tiles per group)."""
+    from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample, adaptive_sample_ref
+    monkeypatch.setattr(adaptive_scan_module, 'use_triton', lambda x: True)
+    batch, channels = 2, 40
+    for groups in (2, 5, 10):
+        values = torch.randn(batch, channels, *size, device=DEVICE).to(dtype).requires_grad_()
+        # about half the points outside the map; no point on a pixel line, where the derivative
+        # jumps (bfloat16 offsets are often whole numbers, and grid_sample's normalised
+        # coordinates land on either side of them)
+        whole = torch.randint(-max(size), max(size), (batch, *size, 2 * groups), device=DEVICE)
+        offsets = (whole + 0.1 + 0.8 * torch.rand(whole.shape, device=DEVICE)).to(dtype)
+        offsets.requires_grad_()
+        out = adaptive_sample(values, offsets, groups)
+        ref = adaptive_sample_ref(values, offsets, groups)
+        weight = torch.randn_like(ref)
+        for a, b in zip(*(grads(y, [values, offsets], weight) for y in (out, ref))):
+            assert a.dtype == b.dtype == dtype  # bfloat16: a rounding of the largest value
+            assert max_rel_err(a, b) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_adaptive_sample_routing(monkeypatch):
+    """The kernel with or without autograd; float64 takes the exact PyTorch path."""
     from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample, adaptive_sample_ref
     calls = []
     monkeypatch.setattr(adaptive_scan_module, 'use_triton', lambda x: calls.append(x) or True)
     values = torch.randn(1, 4, 3, 5, device=DEVICE)
     offsets = torch.randn(1, 3, 5, 4, device=DEVICE, requires_grad=True)
     ref = adaptive_sample_ref(values, offsets, 2)
-    assert torch.equal(adaptive_sample(values, offsets, 2), ref) and not calls
+    out = adaptive_sample(values, offsets, 2)
+    assert out.requires_grad and max_rel_err(out, ref) < 1e-6 and len(calls) == 1
     with torch.no_grad():
-        assert max_rel_err(adaptive_sample(values, offsets, 2), ref) < 1e-6 and len(calls) == 1
-        adaptive_sample(values.double(), offsets.double(), 2)  # float64 stays exact
-    assert len(calls) == 1
+        assert max_rel_err(adaptive_sample(values, offsets, 2), ref) < 1e-6 and len(calls) == 2
+    out = adaptive_sample(values.double(), offsets.double(), 2)  # float64 stays exact
+    assert out.dtype == torch.float64 and len(calls) == 2
 
 
 def test_scan_merge_rejects_mismatched_shapes():

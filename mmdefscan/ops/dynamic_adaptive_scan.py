@@ -28,8 +28,9 @@ align_corners=False)`` at :math:`g_x = (2 p_x + 1)/W - 1`, :math:`g_y = (2 p_y +
 is defined for sides of one pixel too. It is computed in float32 (float64 for float64 input),
 like the kernel's ``opmath`` arithmetic, so float16 and bfloat16 inputs get float32 coordinates;
 the result has the dtype of v. The derivative is the exact one, as in DCNv3's backward. On CUDA
-without autograd it is one Triton kernel (``kernels/adaptive_sample_triton.py``, the formula
-above read from v in its own dtype); otherwise :func:`adaptive_sample_ref`.
+it is one Triton kernel (``kernels/adaptive_sample_triton.py``, the formula above read from v in
+its own dtype), in training with a Triton backward (no float32 copy of the map, no grid);
+otherwise :func:`adaptive_sample_ref`.
 
 **State scan** (the official ``selective_scan_cuda_oflex_rh`` call): the selective scan with one
 state that returns the state sequence itself,
@@ -49,6 +50,10 @@ from ..registry import MODELS
 from ._triton import records_grad, use_triton
 from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
+
+# Whether calls that autograd records take the Triton sampling and its backward (False:
+# ``grid_sample`` in float32; ``benchmark.py --ab`` measures one against the other).
+TRAIN_KERNEL = True
 from .tracing import size_cache
 
 
@@ -84,10 +89,31 @@ def adaptive_sample(values, offsets, groups):
         raise ValueError(f'adaptive_sample: offsets of shape {tuple(offsets.shape)} do not fit '
                          f'values {tuple(values.shape)} with {groups} groups (expected '
                          f'{(batch, height, width, 2 * groups)})')
-    if not records_grad(values, offsets) and values.dtype != torch.float64 and use_triton(values):
+    if values.dtype == torch.float64 or not use_triton(values):
+        return adaptive_sample_ref(values, offsets, groups)
+    if records_grad(values, offsets):
+        if not TRAIN_KERNEL:
+            return adaptive_sample_ref(values, offsets, groups)
+        return _AdaptiveSample.apply(values.contiguous(), offsets, groups)
+    from .kernels.adaptive_sample_triton import adaptive_sample_fwd
+    return adaptive_sample_fwd(values.contiguous(), offsets, groups)
+
+
+class _AdaptiveSample(torch.autograd.Function):
+    """The Triton sampling with its Triton backward (``kernels/adaptive_sample_triton.py``)."""
+
+    @staticmethod
+    def forward(ctx, values, offsets, groups):
         from .kernels.adaptive_sample_triton import adaptive_sample_fwd
-        return adaptive_sample_fwd(values.contiguous(), offsets, groups)
-    return adaptive_sample_ref(values, offsets, groups)
+        ctx.save_for_backward(values, offsets)
+        ctx.groups = groups
+        return adaptive_sample_fwd(values, offsets, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .kernels.adaptive_sample_triton import adaptive_sample_bwd
+        values, offsets = ctx.saved_tensors
+        return (*adaptive_sample_bwd(grad.contiguous(), values, offsets, ctx.groups), None)
 
 
 def adaptive_sample_ref(values, offsets, groups):

@@ -1,4 +1,4 @@
-"""Triton bilinear sampling of DAMamba's dynamic adaptive scan, for inference:
+"""Triton bilinear sampling of DAMamba's dynamic adaptive scan, and its backward:
 
     out[b, c, i, j] = sum of the four corners of v[b, c] around (i + dy, j + dx), bilinear
                       weights, corners outside the map read 0  (dx, dy of c's group)
@@ -60,3 +60,71 @@ def adaptive_sample_fwd(values, offsets, groups):
     _adaptive_sample_kernel[grid](values, off, out, height, width, channels, groups,
                                   *off.stride(), BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=4)
     return out
+
+
+@triton.jit
+def _adaptive_sample_bwd_kernel(V, OFF, G, DV, DOFF, HEIGHT, WIDTH, C, CPG, sob, sol, soc,
+                                BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Gradients of one (channels, tokens) tile, its channels in one group: dv += w g at the
+    four corners (atomic adds: neighbouring points share corners), and the tile's share of the
+    group's (dx, dy) = sum over its channels of g times the corner differences."""
+    L = HEIGHT * WIDTH
+    b = tl.program_id(2)
+    first = tl.program_id(1) * BLOCK_C
+    ch = first + tl.arange(0, BLOCK_C)
+    tok = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    tmask = tok < L
+    mask = (ch < C)[:, None] & tmask[None, :]
+    group = first // CPG
+    offsets = OFF + b * sob + tok * sol + 2 * group * soc
+    dx = tl.load(offsets, mask=tmask, other=0.0).to(tl.float32)
+    dy = tl.load(offsets + soc, mask=tmask, other=0.0).to(tl.float32)
+    px = (tok % WIDTH).to(tl.float32) + dx
+    py = (tok // WIDTH).to(tl.float32) + dy
+    fx = tl.floor(px)
+    fy = tl.floor(py)
+    x0 = fx.to(tl.int32)
+    y0 = fy.to(tl.int32)
+    wx1 = px - fx
+    wy1 = py - fy
+    rows = (b * C + ch[:, None]) * L
+    g = tl.load(G + rows + tok[None, :], mask=mask, other=0.0).to(tl.float32)
+    grad_x = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
+    grad_y = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
+    for a in tl.static_range(2):
+        y = y0 + a
+        wy = wy1 if a == 1 else 1.0 - wy1
+        for e in tl.static_range(2):
+            x = x0 + e
+            wx = wx1 if e == 1 else 1.0 - wx1
+            inside = (y >= 0) & (y < HEIGHT) & (x >= 0) & (x < WIDTH)
+            corner = mask & inside[None, :]
+            at = rows + (y * WIDTH + x)[None, :]
+            v = tl.load(V + at, mask=corner, other=0.0).to(tl.float32)
+            tl.atomic_add(DV + at, g * (wy * wx)[None, :], mask=corner)
+            # d(wx)/dpx = +1 for the right corner, -1 for the left; likewise in y
+            grad_x += v * (wy if e == 1 else -wy)[None, :]
+            grad_y += v * (wx if a == 1 else -wx)[None, :]
+    part = DOFF + ((tl.program_id(1) % (CPG // BLOCK_C)) * tl.num_programs(2) + b) * L * 2 * (
+        C // CPG) + tok * 2 * (C // CPG) + 2 * group
+    tl.store(part, tl.sum(g * grad_x, axis=0), mask=tmask)
+    tl.store(part + 1, tl.sum(g * grad_y, axis=0), mask=tmask)
+
+
+def adaptive_sample_bwd(grad, values, offsets, groups):
+    """Gradients of :func:`adaptive_sample_fwd` for grad (B, C, H, W) contiguous: d values (in
+    values' dtype) and d offsets (B, H, W, 2G) in offsets' dtype. Tiles hold channels of one
+    group, so the offset gradients are per-tile sums, added up in PyTorch (no atomics there)."""
+    batch, channels, height, width = values.shape
+    per_group = channels // groups
+    block_c = min(BLOCK_C, per_group & -per_group)  # the largest power of 2 dividing it
+    off = offsets.flatten(1, 2)
+    dv = torch.zeros(values.shape, device=values.device, dtype=torch.float32)
+    doff = torch.empty(per_group // block_c, batch, height * width, 2 * groups,
+                       device=values.device, dtype=torch.float32)
+    grid = (triton.cdiv(height * width, BLOCK_L), channels // block_c, batch)
+    _adaptive_sample_bwd_kernel[grid](values, off, grad, dv, doff, height, width, channels,
+                                      per_group, *off.stride(), BLOCK_C=block_c,
+                                      BLOCK_L=BLOCK_L, num_warps=4)
+    return (dv.to(values.dtype),
+            doff.sum(0).view(batch, height, width, 2 * groups).to(offsets.dtype))
