@@ -17,6 +17,28 @@ BLOCK_C, BLOCK_L = 16, 128
 
 
 @triton.jit
+def _point(offsets, soc, mask, tok, WIDTH):
+    """The sampled point of each token (offsets points at dx, dy is soc further): the top-left
+    corner (x0, y0) and the weights of the right and lower corners, float32."""
+    px = (tok % WIDTH).to(tl.float32) + tl.load(offsets, mask=mask, other=0.0).to(tl.float32)
+    py = (tok // WIDTH).to(tl.float32) + tl.load(offsets + soc, mask=mask,
+                                                 other=0.0).to(tl.float32)
+    fx = tl.floor(px)
+    fy = tl.floor(py)
+    return fx.to(tl.int32), fy.to(tl.int32), px - fx, py - fy
+
+
+@triton.jit
+def _corner(x0, y0, wx1, wy1, HEIGHT, WIDTH, a: tl.constexpr, e: tl.constexpr):
+    """Corner (y0 + a, x0 + e): its row, column, the two bilinear weights, whether it is inside."""
+    y = y0 + a
+    x = x0 + e
+    wy = wy1 if a == 1 else 1.0 - wy1
+    wx = wx1 if e == 1 else 1.0 - wx1
+    return y, x, wy, wx, (y >= 0) & (y < HEIGHT) & (x >= 0) & (x < WIDTH)
+
+
+@triton.jit
 def _adaptive_sample_kernel(V, OFF, OUT, HEIGHT, WIDTH, C, G, sob, sol, soc,
                             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     L = HEIGHT * WIDTH
@@ -26,26 +48,13 @@ def _adaptive_sample_kernel(V, OFF, OUT, HEIGHT, WIDTH, C, G, sob, sol, soc,
     mask = (ch < C)[:, None] & (tok < L)[None, :]
     group = ch // (C // G)
     offsets = OFF + b * sob + tok[None, :] * sol + (2 * group)[:, None] * soc
-    dx = tl.load(offsets, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(offsets + soc, mask=mask, other=0.0).to(tl.float32)
-    px = (tok % WIDTH)[None, :].to(tl.float32) + dx
-    py = (tok // WIDTH)[None, :].to(tl.float32) + dy
-    fx = tl.floor(px)
-    fy = tl.floor(py)
-    x0 = fx.to(tl.int32)
-    y0 = fy.to(tl.int32)
-    wx1 = px - fx
-    wy1 = py - fy
+    x0, y0, wx1, wy1 = _point(offsets, soc, mask, tok[None, :], WIDTH)
     plane = V + (b * C + ch[:, None]) * L
     acc = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
     for a in tl.static_range(2):
-        y = y0 + a
-        wy = wy1 if a == 1 else 1.0 - wy1
         for e in tl.static_range(2):
-            x = x0 + e
-            wx = wx1 if e == 1 else 1.0 - wx1
-            inside = mask & (y >= 0) & (y < HEIGHT) & (x >= 0) & (x < WIDTH)
-            v = tl.load(plane + y * WIDTH + x, mask=inside, other=0.0).to(tl.float32)
+            y, x, wy, wx, inside = _corner(x0, y0, wx1, wy1, HEIGHT, WIDTH, a, e)
+            v = tl.load(plane + y * WIDTH + x, mask=mask & inside, other=0.0).to(tl.float32)
             acc += wy * wx * v
     tl.store(OUT + (b * C + ch[:, None]) * L + tok[None, :], acc.to(OUT.dtype.element_ty),
              mask=mask)
@@ -77,27 +86,14 @@ def _adaptive_sample_bwd_kernel(V, OFF, G, DV, DOFF, HEIGHT, WIDTH, C, CPG, sob,
     mask = (ch < C)[:, None] & tmask[None, :]
     group = first // CPG
     offsets = OFF + b * sob + tok * sol + 2 * group * soc
-    dx = tl.load(offsets, mask=tmask, other=0.0).to(tl.float32)
-    dy = tl.load(offsets + soc, mask=tmask, other=0.0).to(tl.float32)
-    px = (tok % WIDTH).to(tl.float32) + dx
-    py = (tok // WIDTH).to(tl.float32) + dy
-    fx = tl.floor(px)
-    fy = tl.floor(py)
-    x0 = fx.to(tl.int32)
-    y0 = fy.to(tl.int32)
-    wx1 = px - fx
-    wy1 = py - fy
+    x0, y0, wx1, wy1 = _point(offsets, soc, tmask, tok, WIDTH)
     rows = (b * C + ch[:, None]) * L
     g = tl.load(G + rows + tok[None, :], mask=mask, other=0.0).to(tl.float32)
     grad_x = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
     grad_y = tl.zeros((BLOCK_C, BLOCK_L), dtype=tl.float32)
     for a in tl.static_range(2):
-        y = y0 + a
-        wy = wy1 if a == 1 else 1.0 - wy1
         for e in tl.static_range(2):
-            x = x0 + e
-            wx = wx1 if e == 1 else 1.0 - wx1
-            inside = (y >= 0) & (y < HEIGHT) & (x >= 0) & (x < WIDTH)
+            y, x, wy, wx, inside = _corner(x0, y0, wx1, wy1, HEIGHT, WIDTH, a, e)
             corner = mask & inside[None, :]
             at = rows + (y * WIDTH + x)[None, :]
             v = tl.load(V + at, mask=corner, other=0.0).to(tl.float32)

@@ -34,30 +34,46 @@ BLOCK_D, BLOCK_L = 32, 128
 
 
 @triton.jit
-def _fuse_read_out_kernel(H, K1, K3, K5, ALPHA, C, U, DS, OUT, HEIGHT, WIDTH, D, scb, scl,
-                          BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    L = HEIGHT * WIDTH
-    b = tl.program_id(2)
+def _tile(D, L, WIDTH, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's channels and tokens, their masks, and the tokens' rows and columns."""
     ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     tok = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     cmask = ch < D
     tmask = tok < L
-    mask = cmask[:, None] & tmask[None, :]
-    row = tok // WIDTH
-    col = tok % WIDTH
+    return ch, tok, cmask, tmask, cmask[:, None] & tmask[None, :], tok // WIDTH, tok % WIDTH
+
+
+@triton.jit
+def _tap_weight(K1, K3, K5, ALPHA, ch, cmask, r: tl.constexpr, i: tl.constexpr,
+                j: tl.constexpr):
+    """alpha_r K_r[ch, i, j], float32 (BLOCK_D,)."""
+    K = K1 if r == 0 else (K3 if r == 1 else K5)
+    w = tl.load(K + ch * 9 + (3 * i + j), mask=cmask, other=0.0).to(tl.float32)
+    return tl.load(ALPHA + r).to(tl.float32) * w
+
+
+@triton.jit
+def _tap_states(states, row, col, mask, HEIGHT, WIDTH, r: tl.constexpr, i: tl.constexpr,
+                j: tl.constexpr):
+    """The states at tap (i, j) of dilation 2r + 1, clamped to the map, float32."""
+    rows = tl.minimum(tl.maximum(row + (i - 1) * (2 * r + 1), 0), HEIGHT - 1)
+    cols = tl.minimum(tl.maximum(col + (j - 1) * (2 * r + 1), 0), WIDTH - 1)
+    return tl.load(states + (rows * WIDTH + cols)[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _fuse_read_out_kernel(H, K1, K3, K5, ALPHA, C, U, DS, OUT, HEIGHT, WIDTH, D, scb, scl,
+                          BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    L = HEIGHT * WIDTH
+    b = tl.program_id(2)
+    ch, tok, cmask, tmask, mask, row, col = _tile(D, L, WIDTH, BLOCK_D, BLOCK_L)
     states = H + b * D * L + ch[:, None] * L
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for r in tl.static_range(3):
-        K = K1 if r == 0 else (K3 if r == 1 else K5)
-        dilation = 2 * r + 1
-        alpha = tl.load(ALPHA + r).to(tl.float32)
         for i in tl.static_range(3):
-            rows = tl.minimum(tl.maximum(row + (i - 1) * dilation, 0), HEIGHT - 1)
             for j in tl.static_range(3):
-                cols = tl.minimum(tl.maximum(col + (j - 1) * dilation, 0), WIDTH - 1)
-                w = tl.load(K + ch * 9 + (3 * i + j), mask=cmask, other=0.0).to(tl.float32)
-                h = tl.load(states + (rows * WIDTH + cols)[None, :], mask=mask, other=0.0)
-                acc += (alpha * w)[:, None] * h.to(tl.float32)
+                h = _tap_states(states, row, col, mask, HEIGHT, WIDTH, r, i, j)
+                acc += _tap_weight(K1, K3, K5, ALPHA, ch, cmask, r, i, j)[:, None] * h
     c = tl.load(C + b * scb + tok * scl, mask=tmask, other=0.0).to(tl.float32)
     u = tl.load(U + b * D * L + ch[:, None] * L + tok[None, :], mask=mask, other=0.0)
     ds = tl.load(DS + ch, mask=cmask, other=0.0).to(tl.float32)
@@ -82,13 +98,7 @@ def _fuse_read_out_bwd_kernel(GY, H, K1, K3, K5, ALPHA, C, U, DS, G, DU, DC_PART
                               BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     L = HEIGHT * WIDTH
     b = tl.program_id(2)
-    ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    tok = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    cmask = ch < D
-    tmask = tok < L
-    mask = cmask[:, None] & tmask[None, :]
-    row = tok // WIDTH
-    col = tok % WIDTH
+    ch, tok, cmask, tmask, mask, row, col = _tile(D, L, WIDTH, BLOCK_D, BLOCK_L)
     first = b * D * L + ch[:, None] * L + tok[None, :]  # channel-first (B, D, L)
     gy = tl.load(GY + (b * L + tok[None, :]) * D + ch[:, None], mask=mask, other=0.0)
     gy = gy.to(tl.float32)
@@ -103,17 +113,10 @@ def _fuse_read_out_bwd_kernel(GY, H, K1, K3, K5, ALPHA, C, U, DS, G, DU, DC_PART
     states = H + b * D * L + ch[:, None] * L
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for r in tl.static_range(3):
-        K = K1 if r == 0 else (K3 if r == 1 else K5)
-        dilation = 2 * r + 1
-        alpha = tl.load(ALPHA + r).to(tl.float32)
         for i in tl.static_range(3):
-            rows = tl.minimum(tl.maximum(row + (i - 1) * dilation, 0), HEIGHT - 1)
             for j in tl.static_range(3):
-                cols = tl.minimum(tl.maximum(col + (j - 1) * dilation, 0), WIDTH - 1)
-                w = tl.load(K + ch * 9 + (3 * i + j), mask=cmask, other=0.0).to(tl.float32)
-                h = tl.load(states + (rows * WIDTH + cols)[None, :], mask=mask, other=0.0)
-                h = h.to(tl.float32)
-                acc += (alpha * w)[:, None] * h
+                h = _tap_states(states, row, col, mask, HEIGHT, WIDTH, r, i, j)
+                acc += _tap_weight(K1, K3, K5, ALPHA, ch, cmask, r, i, j)[:, None] * h
                 tl.store(S_PART + (part * 27 + 9 * r + 3 * i + j) * D + ch,
                          tl.sum(g * h, axis=1), mask=cmask)
     dc = tl.sum(gy * acc, axis=0)
@@ -128,30 +131,22 @@ def _fuse_state_grad_kernel(G, K1, K3, K5, ALPHA, DHP, HEIGHT, WIDTH, D,
     PW = WIDTH + 2 * PAD
     PL = (HEIGHT + 2 * PAD) * PW
     b = tl.program_id(2)
-    ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    tok = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)  # padded pixels
-    cmask = ch < D
-    tmask = tok < PL
-    prow = tok // PW - PAD
-    pcol = tok % PW - PAD
+    ch, tok, cmask, tmask, mask, prow, pcol = _tile(D, PL, PW, BLOCK_D, BLOCK_L)  # padded pixels
+    prow -= PAD
+    pcol -= PAD
     grads = G + b * D * L + ch[:, None] * L
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for r in tl.static_range(3):
-        K = K1 if r == 0 else (K3 if r == 1 else K5)
-        dilation = 2 * r + 1
-        alpha = tl.load(ALPHA + r).to(tl.float32)
         for i in tl.static_range(3):
-            rows = prow - (i - 1) * dilation  # the token whose tap (i, j) reads this pixel
+            rows = prow - (i - 1) * (2 * r + 1)  # the token whose tap (i, j) reads this pixel
             rmask = tmask & (rows >= 0) & (rows < HEIGHT)
             for j in tl.static_range(3):
-                cols = pcol - (j - 1) * dilation
+                cols = pcol - (j - 1) * (2 * r + 1)
                 inside = rmask & (cols >= 0) & (cols < WIDTH)
-                w = tl.load(K + ch * 9 + (3 * i + j), mask=cmask, other=0.0).to(tl.float32)
                 g = tl.load(grads + (rows * WIDTH + cols)[None, :],
                             mask=cmask[:, None] & inside[None, :], other=0.0)
-                acc += (alpha * w)[:, None] * g
-    tl.store(DHP + b * D * PL + ch[:, None] * PL + tok[None, :], acc,
-             mask=cmask[:, None] & tmask[None, :])
+                acc += _tap_weight(K1, K3, K5, ALPHA, ch, cmask, r, i, j)[:, None] * g
+    tl.store(DHP + b * D * PL + ch[:, None] * PL + tok[None, :], acc, mask=mask)
 
 
 def fuse_read_out_bwd(dy, h, kernels, alpha, C, u, D):
