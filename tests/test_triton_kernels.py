@@ -34,11 +34,13 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 @pytest.fixture
 def triton_everywhere(monkeypatch):
     """Route the model's LayerNorms, scan merges, deformable and adaptive sampling and state-fusion
-    read-outs through the kernels, CPU tensors included, and on CUDA the selective scan and the
-    depthwise convs too (in the interpreter a whole model's scans or 9x9 convs would take many
-    minutes: their tests below use small shapes)."""
+    read-outs through the kernels (the last two in training too), CPU tensors included, and on
+    CUDA the selective scan and the depthwise convs too (in the interpreter a whole model's scans
+    or 9x9 convs would take many minutes: their tests below use small shapes)."""
     modules = [layer_norm_module, scan_merge_module, deformable_scan_module, state_fusion_module,
                adaptive_scan_module]
+    for module in (state_fusion_module, adaptive_scan_module):
+        monkeypatch.setattr(module, 'TRAIN_KERNEL', True)
     on_cuda_only = [selective_scan_module, depthwise_conv_module]
     for module in modules + (on_cuda_only if DEVICE == 'cuda' else []):
         monkeypatch.setattr(module, 'use_triton', lambda *args, **kwargs: True)
@@ -295,6 +297,7 @@ def test_state_fusion_read_out_backward_matches_torch(monkeypatch, size):
     maps smaller and larger than the widest dilation (the pad folds back onto the border), C a
     strided view, u in bfloat16 (its gradient in bfloat16 too)."""
     monkeypatch.setattr(state_fusion_module, 'use_triton', lambda x: True)
+    monkeypatch.setattr(state_fusion_module, 'TRAIN_KERNEL', True)
     batch, dim, length = 2, 40, size[0] * size[1]
     fusion = StateFusion(dim).to(DEVICE).train()
     with torch.no_grad():
@@ -315,8 +318,9 @@ def test_state_fusion_read_out_backward_matches_torch(monkeypatch, size):
 
 
 def test_state_fusion_read_out_routing(monkeypatch):
-    """float32 states take the kernel (with or without autograd, in training and evaluation);
-    float64 states and fusions of other dilations than the official take the PyTorch path."""
+    """float32 states without autograd take the kernel (training or evaluation); under autograd
+    the PyTorch path, or with ``TRAIN_KERNEL`` the kernel and its backward; float64 states and
+    other dilations than the official always the PyTorch path."""
     calls = []
     monkeypatch.setattr(state_fusion_module, 'use_triton', lambda x: calls.append(x) or True)
     fusion = StateFusion(8).to(DEVICE)
@@ -325,13 +329,16 @@ def test_state_fusion_read_out_routing(monkeypatch):
                torch.randn(8, device=DEVICE))
     ref = fuse_read_out_ref(fusion.eval(), h, C, u, D)
     for training in (False, True):
-        out = fusion.train(training).read_out(h, C, u, D)
-        assert out.requires_grad and max_rel_err(out, ref) < 1e-6
+        fusion.train(training)
+        assert torch.equal(fusion.read_out(h, C, u, D), fuse_read_out_ref(fusion, h, C, u, D))
         with torch.no_grad():
             assert max_rel_err(fusion.read_out(h, C, u, D), ref) < 1e-6
-    assert len(calls) == 4
+    monkeypatch.setattr(state_fusion_module, 'TRAIN_KERNEL', True)
+    out = fusion.read_out(h, C, u, D)
+    assert type(out.grad_fn).__name__ == '_FuseReadOutBackward' and max_rel_err(out, ref) < 1e-6
+    assert len(calls) == 5
     out = fusion.read_out(h.double(), C.double(), u.double(), D.double())
-    assert len(calls) == 4 and out.dtype == torch.float64
+    assert len(calls) == 5 and out.dtype == torch.float64
     ablated = StateFusion(8, dilations=(1, 3)).to(DEVICE)
     assert torch.equal(ablated.read_out(h, C, u, D), fuse_read_out_ref(ablated, h, C, u, D))
 
@@ -366,6 +373,7 @@ def test_adaptive_sample_backward_matches_torch(monkeypatch, size, dtype):
     channels: 20, 8 and 4 per group, so one or several channel tiles per group)."""
     from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample, adaptive_sample_ref
     monkeypatch.setattr(adaptive_scan_module, 'use_triton', lambda x: True)
+    monkeypatch.setattr(adaptive_scan_module, 'TRAIN_KERNEL', True)
     batch, channels = 2, 40
     for groups in (2, 5, 10):
         values = torch.randn(batch, channels, *size, device=DEVICE).to(dtype).requires_grad_()
@@ -384,19 +392,23 @@ def test_adaptive_sample_backward_matches_torch(monkeypatch, size, dtype):
 
 
 def test_adaptive_sample_routing(monkeypatch):
-    """The kernel with or without autograd; float64 takes the exact PyTorch path."""
+    """The kernel without autograd; under autograd grid_sample, or with ``TRAIN_KERNEL`` the
+    kernel and its backward; float64 always the exact PyTorch path."""
     from mmdefscan.ops.dynamic_adaptive_scan import adaptive_sample, adaptive_sample_ref
     calls = []
     monkeypatch.setattr(adaptive_scan_module, 'use_triton', lambda x: calls.append(x) or True)
     values = torch.randn(1, 4, 3, 5, device=DEVICE)
     offsets = torch.randn(1, 3, 5, 4, device=DEVICE, requires_grad=True)
     ref = adaptive_sample_ref(values, offsets, 2)
-    out = adaptive_sample(values, offsets, 2)
-    assert out.requires_grad and max_rel_err(out, ref) < 1e-6 and len(calls) == 1
+    assert torch.equal(adaptive_sample(values, offsets, 2), ref)
     with torch.no_grad():
-        assert max_rel_err(adaptive_sample(values, offsets, 2), ref) < 1e-6 and len(calls) == 2
+        assert max_rel_err(adaptive_sample(values, offsets, 2), ref) < 1e-6
+    monkeypatch.setattr(adaptive_scan_module, 'TRAIN_KERNEL', True)
+    out = adaptive_sample(values, offsets, 2)
+    assert type(out.grad_fn).__name__ == '_AdaptiveSampleBackward'
+    assert max_rel_err(out, ref) < 1e-6 and len(calls) == 3
     out = adaptive_sample(values.double(), offsets.double(), 2)  # float64 stays exact
-    assert out.dtype == torch.float64 and len(calls) == 2
+    assert out.dtype == torch.float64 and len(calls) == 3
 
 
 def test_scan_merge_rejects_mismatched_shapes():

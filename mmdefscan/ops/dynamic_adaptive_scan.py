@@ -28,9 +28,9 @@ align_corners=False)`` at :math:`g_x = (2 p_x + 1)/W - 1`, :math:`g_y = (2 p_y +
 is defined for sides of one pixel too. It is computed in float32 (float64 for float64 input),
 like the kernel's ``opmath`` arithmetic, so float16 and bfloat16 inputs get float32 coordinates;
 the result has the dtype of v. The derivative is the exact one, as in DCNv3's backward. On CUDA
-it is one Triton kernel (``kernels/adaptive_sample_triton.py``, the formula above read from v in
-its own dtype), in training with a Triton backward (no float32 copy of the map, no grid);
-otherwise :func:`adaptive_sample_ref`.
+without autograd it is one Triton kernel (``kernels/adaptive_sample_triton.py``, the formula
+above read from v in its own dtype); with ``TRAIN_KERNEL`` set, also under autograd, with a
+Triton backward (no float32 copy of the map, no grid); otherwise :func:`adaptive_sample_ref`.
 
 **State scan** (the official ``selective_scan_cuda_oflex_rh`` call): the selective scan with one
 state that returns the state sequence itself,
@@ -51,9 +51,10 @@ from ._triton import records_grad, use_triton
 from .layer_norm import LayerNorm
 from .selective_scan import _compute_dtype
 
-# Whether calls that autograd records take the Triton sampling and its backward (False:
-# ``grid_sample`` in float32; ``benchmark.py --ab`` measures one against the other).
-TRAIN_KERNEL = True
+# Whether calls that autograd records take the Triton sampling and its backward (else
+# ``grid_sample`` in float32). Off until its speed is measured on a GPU: ``benchmark.py --ab
+# mmdefscan.ops.dynamic_adaptive_scan.TRAIN_KERNEL=True`` compares the two (docs/benchmark.md).
+TRAIN_KERNEL = False
 from .tracing import size_cache
 
 

@@ -30,10 +30,11 @@ rebuilt from the current parameters on every evaluation forward: it never goes s
 optimiser step or ``load_state_dict`` (the official cache does), and it can be back-propagated.
 
 **Read-out.** :meth:`StateFusion.read_out` returns y = C * fused(h) + D * u as channel-last tokens.
-For float32 states on CUDA it is one Triton kernel (``kernels/state_fusion_triton.py``: the
-clamped taps read the states directly, no padded copy, no 11x11 conv, no transposing copy), in
-training too, with a Triton backward (two kernels instead of the three pads' and dilated convs'
-gradients); otherwise :func:`fuse_read_out_ref`.
+For float32 states on CUDA without autograd it is one Triton kernel
+(``kernels/state_fusion_triton.py``: the clamped taps read the states directly, no padded copy,
+no 11x11 conv, no transposing copy); with ``TRAIN_KERNEL`` set, also under autograd, with a Triton
+backward (two kernels instead of the three pads' and dilated convs' gradients); otherwise
+:func:`fuse_read_out_ref`.
 """
 import torch
 import torch.nn as nn
@@ -43,9 +44,10 @@ from ..registry import MODELS
 from ._triton import records_grad, use_triton
 from .selective_scan import _compute_dtype, selective_scan_fn
 
-# Whether calls that autograd records take the Triton read-out and its backward (False: the
-# PyTorch path's pads and dilated convs; ``benchmark.py --ab`` measures one against the other).
-TRAIN_KERNEL = True
+# Whether calls that autograd records take the Triton read-out and its backward (else the PyTorch
+# path's pads and dilated convs). Off until its speed is measured on a GPU: ``benchmark.py --ab
+# mmdefscan.ops.state_fusion.TRAIN_KERNEL=True`` compares the two (docs/benchmark.md).
+TRAIN_KERNEL = False
 
 
 def selective_scan_states(u, delta, A, B, delta_bias=None, delta_softplus=True):
