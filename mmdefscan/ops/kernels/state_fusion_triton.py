@@ -62,18 +62,30 @@ def _tap_states(states, row, col, mask, HEIGHT, WIDTH, r: tl.constexpr, i: tl.co
 
 
 @triton.jit
-def _fuse_read_out_kernel(H, K1, K3, K5, ALPHA, C, U, DS, OUT, HEIGHT, WIDTH, D, scb, scl,
-                          BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    L = HEIGHT * WIDTH
-    b = tl.program_id(2)
-    ch, tok, cmask, tmask, mask, row, col = _tile(D, L, WIDTH, BLOCK_D, BLOCK_L)
-    states = H + b * D * L + ch[:, None] * L
+def _fused_states(states, K1, K3, K5, ALPHA, ch, cmask, mask, row, col, HEIGHT, WIDTH, g, S_PART,
+                  part, D, TAP_SUMS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The tile's fused states, float32; with TAP_SUMS also each tap's sum over the tile's
+    tokens of g * states(tap), stored in row ``part`` of S_PART (rows of 27 x D)."""
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for r in tl.static_range(3):
         for i in tl.static_range(3):
             for j in tl.static_range(3):
                 h = _tap_states(states, row, col, mask, HEIGHT, WIDTH, r, i, j)
                 acc += _tap_weight(K1, K3, K5, ALPHA, ch, cmask, r, i, j)[:, None] * h
+                if TAP_SUMS:
+                    tl.store(S_PART + (part * 27 + 9 * r + 3 * i + j) * D + ch,
+                             tl.sum(g * h, axis=1), mask=cmask)
+    return acc
+
+
+@triton.jit
+def _fuse_read_out_kernel(H, K1, K3, K5, ALPHA, C, U, DS, OUT, HEIGHT, WIDTH, D, scb, scl,
+                          BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    L = HEIGHT * WIDTH
+    b = tl.program_id(2)
+    ch, tok, cmask, tmask, mask, row, col = _tile(D, L, WIDTH, BLOCK_D, BLOCK_L)
+    acc = _fused_states(H + b * D * L + ch[:, None] * L, K1, K3, K5, ALPHA, ch, cmask, mask, row,
+                        col, HEIGHT, WIDTH, None, None, 0, D, False, BLOCK_D, BLOCK_L)
     c = tl.load(C + b * scb + tok * scl, mask=tmask, other=0.0).to(tl.float32)
     u = tl.load(U + b * D * L + ch[:, None] * L + tok[None, :], mask=mask, other=0.0)
     ds = tl.load(DS + ch, mask=cmask, other=0.0).to(tl.float32)
@@ -110,15 +122,8 @@ def _fuse_read_out_bwd_kernel(GY, H, K1, K3, K5, ALPHA, C, U, DS, G, DU, DC_PART
     tl.store(DU + first, (gy * ds[:, None]).to(DU.dtype.element_ty), mask=mask)
     part = b * tl.num_programs(0) + tl.program_id(0)  # this tile's row of the partial sums
     tl.store(DD_PART + part * D + ch, tl.sum(gy * u, axis=1), mask=cmask)
-    states = H + b * D * L + ch[:, None] * L
-    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    for r in tl.static_range(3):
-        for i in tl.static_range(3):
-            for j in tl.static_range(3):
-                h = _tap_states(states, row, col, mask, HEIGHT, WIDTH, r, i, j)
-                acc += _tap_weight(K1, K3, K5, ALPHA, ch, cmask, r, i, j)[:, None] * h
-                tl.store(S_PART + (part * 27 + 9 * r + 3 * i + j) * D + ch,
-                         tl.sum(g * h, axis=1), mask=cmask)
+    acc = _fused_states(H + b * D * L + ch[:, None] * L, K1, K3, K5, ALPHA, ch, cmask, mask, row,
+                        col, HEIGHT, WIDTH, g, S_PART, part, D, True, BLOCK_D, BLOCK_L)
     dc = tl.sum(gy * acc, axis=0)
     tl.store(DC_PART + (tl.program_id(1) * tl.num_programs(2) + b) * L + tok, dc, mask=tmask)
 
