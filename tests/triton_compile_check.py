@@ -46,8 +46,16 @@ def main():
                      activations=('G', 'Z', 'DYS', 'DZ'))
     compile_for_sm90(state_fusion_triton._fuse_read_out_kernel, dict(BLOCK_D=32, BLOCK_L=128),
                      'HEIGHT WIDTH D'.split(), activations=('C', 'U'))
+    compile_for_sm90(state_fusion_triton._fuse_read_out_bwd_kernel, dict(BLOCK_D=32, BLOCK_L=128),
+                     'HEIGHT WIDTH D'.split(), activations=('C', 'U', 'DU'))
+    compile_for_sm90(state_fusion_triton._fuse_state_grad_kernel, dict(BLOCK_D=32, BLOCK_L=128),
+                     'HEIGHT WIDTH D'.split())
     compile_for_sm90(adaptive_sample_triton._adaptive_sample_kernel, dict(BLOCK_C=16, BLOCK_L=128),
                      'HEIGHT WIDTH C G'.split(), activations=('V', 'OFF', 'OUT'))
+    for block_c in (4, 16):  # the channels of one group per tile: 16, or fewer for small groups
+        compile_for_sm90(adaptive_sample_triton._adaptive_sample_bwd_kernel,
+                         dict(BLOCK_C=block_c, BLOCK_L=128), 'HEIGHT WIDTH C CPG'.split(),
+                         activations=('V', 'OFF', 'G'))
     compile_for_sm90(deform_sample_triton._sample_sort_fwd_kernel,
                      dict(BLOCK_C=deform_sample_triton.BLOCK_CH,
                           BLOCK_T=deform_sample_triton.BLOCK_TOKENS), 'DHWL',
