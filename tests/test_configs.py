@@ -1,4 +1,6 @@
 """Every config under configs/ loads, builds through its own scope and runs one forward."""
+import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,16 @@ from _refs import REPO
 # configs/ablations/ in test_ablation_configs.py
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / 'configs').rglob('*.py')
                  if not {'_base_', 'imagenet', 'ablations'} & set(p.parts))
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(path):
+    return Config.fromfile(str(REPO / path))
+
+
+def load(path):
+    """The config, parsed once per session (the tests below read each several times)."""
+    return copy.deepcopy(_loaded(path))
 
 
 def test_every_model_family_has_configs():
@@ -29,7 +41,7 @@ def test_the_single_scale_recipes_of_defmamba_and_spatialmamba_train_from_cuda_g
     configs (many shapes) and DAMamba's (SyncBN under several processes runs eagerly anyway)
     stay eager. (The ImageNet configs are checked in test_imagenet_configs.py.)"""
     graphed = {Path(c).name for c in CONFIGS
-               if Config.fromfile(str(REPO / c)).model.backbone.get('cuda_graph')}
+               if load(c).model.backbone.get('cuda_graph')}
     assert graphed == {f'{kind}_{family}_{variant}_{data}.py' for family in ('defmamba',
                                                                              'spatialmamba')
                        for variant in 'tsb'
@@ -37,7 +49,7 @@ def test_the_single_scale_recipes_of_defmamba_and_spatialmamba_train_from_cuda_g
 
 
 def model_without_graphs(path):
-    model = Config.fromfile(str(REPO / path)).model.to_dict()
+    model = load(path).model.to_dict()
     model['backbone'].pop('cuda_graph', None)
     return model
 
@@ -53,7 +65,7 @@ def test_each_3x_config_has_the_model_of_its_1x_config():
 
 @pytest.mark.parametrize('path', [c for c in CONFIGS if not c.endswith('_3x.py')])
 def test_config_builds_and_forwards(path):
-    cfg = Config.fromfile(str(REPO / path))
+    cfg = load(path)
     scope = cfg.default_scope
     init_default_scope(scope)
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
