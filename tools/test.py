@@ -12,7 +12,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdefscan  # noqa: F401  (registers backbones, TTA models, safe checkpoint loading)
-from mmdefscan.engine import check_data_paths, enable_outputs, enable_tta, load_config, run_cli
+from mmdefscan.engine import (before_the_run, check_checkpoint, check_data_paths, enable_outputs,
+                              enable_tta, load_config, run_cli)
 
 
 def parse_args():
@@ -36,18 +37,19 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    cfg.load_from = args.checkpoint
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
-    scope = cfg.get('default_scope', 'mmdet')
-    enable_outputs(cfg, scope, show_dir=args.show_dir, out=args.out)
-    if args.tta:
-        enable_tta(cfg)
-    check_data_paths(cfg, splits=('test_dataloader',))
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    runner.test()
-
+    with before_the_run():
+        cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+        cfg.load_from = args.checkpoint
+        if not os.path.isfile(args.checkpoint):
+            raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+        scope = cfg.get('default_scope', 'mmdet')
+        enable_outputs(cfg, scope, show_dir=args.show_dir, out=args.out)
+        if args.tta:
+            enable_tta(cfg)
+        check_data_paths(cfg, splits=('test_dataloader',))
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+        check_checkpoint(runner.model, args.checkpoint, 'test')
+    runner.test()  # what testing raises keeps its traceback
 
 if __name__ == '__main__':
     run_cli(main)

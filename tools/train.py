@@ -12,7 +12,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdefscan  # noqa: F401  (registers backbones, TTA models, safe checkpoint loading)
-from mmdefscan.engine import check_data_paths, load_config, run_cli
+from mmdefscan.engine import (before_the_run, check_data_paths, check_run_checkpoints,
+                              load_config, run_cli)
 
 
 def parse_args():
@@ -39,28 +40,29 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    elif args.no_amp and cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
-        cfg.optim_wrapper.type = 'OptimWrapper'
-        for key in ('loss_scale', 'dtype', 'use_fsdp'):  # AmpOptimWrapper's own arguments
-            cfg.optim_wrapper.pop(key, None)
-    if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise KeyError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    check_data_paths(cfg)
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    runner.train()
+    with before_the_run():
+        cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+        if args.amp:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        elif args.no_amp and cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+            cfg.optim_wrapper.type = 'OptimWrapper'
+            for key in ('loss_scale', 'dtype', 'use_fsdp'):  # AmpOptimWrapper's own arguments
+                cfg.optim_wrapper.pop(key, None)
+        if args.auto_scale_lr:
+            if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+                raise KeyError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+            cfg.auto_scale_lr.enable = True
+        if args.resume == 'auto':
+            cfg.resume, cfg.load_from = True, None
+        elif args.resume is not None:
+            cfg.resume, cfg.load_from = True, args.resume
+        check_data_paths(cfg)
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+        check_run_checkpoints(cfg, runner)
+    runner.train()  # what training raises keeps its traceback
     rank, world = runner.rank, runner.world_size
     print(f'rank {rank}/{world}: finished training at iteration {runner.iter}', flush=True)
-
 
 if __name__ == '__main__':
     run_cli(main)

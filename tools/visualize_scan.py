@@ -24,7 +24,7 @@ import torch
 import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.analysis.images import (add_input_arguments, build_backbone, image_norm,
                                        load_image, overlay)
-from mmdefscan.engine import load_config, run_cli
+from mmdefscan.engine import before_the_run, load_config, run_cli
 from mmdefscan.models.scan_paths import image_scale, record_scan_paths
 
 
@@ -67,9 +67,10 @@ def summary(path):
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config)
-    backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
-    image, x = load_image(args.image, args.size, image_norm(cfg))
+    with before_the_run():
+        cfg = load_config(args.config)
+        backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
+        image, x = load_image(args.image, args.size, image_norm(cfg))
     paths = record_scan_paths(backbone, x.to(args.device))
     os.makedirs(args.out_dir, exist_ok=True)
     print(f'\n{type(backbone).__name__} on {args.image} resized to {image.shape[1]}x'

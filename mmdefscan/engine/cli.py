@@ -1,4 +1,6 @@
-"""What tools/train.py and tools/test.py share: config loading, early checks, one-line errors."""
+"""What the tools share: config loading, early checks, one-line errors for what is wrong before
+the run starts."""
+import contextlib
 import os
 import os.path as osp
 import sys
@@ -6,9 +8,31 @@ import sys
 import torch
 from mmengine.config import Config, ConfigDict
 
-# Exceptions that mean "the config, data or checkpoint is wrong": reported as one line.
+from ..models.checkpoint import CheckpointError
+
+# Exceptions that, raised while a tool reads its arguments, config, data paths and checkpoints
+# and builds its model (:func:`before_the_run`), mean that one of those is wrong.
 USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, NotADirectoryError,
-               RuntimeError, AssertionError)
+               RuntimeError, AssertionError, SyntaxError, ImportError)
+
+
+class UserError(Exception):
+    """What is wrong before the run starts (``cause``); :func:`run_cli` prints it as one line."""
+
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def before_the_run():
+    """Around a tool's checks and builds: an error of ``USER_ERRORS`` raised inside becomes a
+    :class:`UserError`. What the run itself raises (training, testing, counting) keeps its
+    type and traceback, as in mmdet's and mmseg's tools."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        raise UserError(err) from err
 
 
 def load_config(path, cfg_options=None, launcher='none', work_dir=None):
@@ -140,12 +164,14 @@ def prefer_expandable_segments():
 
 
 def run_cli(main):
-    """Run ``main()``; a user error becomes one line on stderr and exit status 1. After a
-    normal return the process group (distributed launch) is destroyed. CUDA's allocator grows
-    its segments unless the user set ``PYTORCH_CUDA_ALLOC_CONF``
-    (:func:`prefer_expandable_segments`).
+    """Run ``main()``. A :class:`UserError` (see :func:`before_the_run`) or a
+    :class:`~mmdefscan.models.checkpoint.CheckpointError` (a checkpoint file that is damaged or
+    does not fit, wherever it is read) becomes one line on stderr and exit status 1; any other
+    exception propagates with its traceback. After a normal return the process group
+    (distributed launch) is destroyed. CUDA's allocator grows its segments unless the user set
+    ``PYTORCH_CUDA_ALLOC_CONF`` (:func:`prefer_expandable_segments`).
 
-    Set MMDEFSCAN_DEBUG=1 for the full traceback.
+    Set MMDEFSCAN_DEBUG=1 for the traceback of the one-line errors too.
     """
     prefer_expandable_segments()
     if os.environ.get('MMDEFSCAN_DEBUG'):
@@ -154,7 +180,8 @@ def run_cli(main):
         return result
     try:
         result = main()
-    except USER_ERRORS as err:
+    except (UserError, CheckpointError) as wrapped:
+        err = wrapped.cause if isinstance(wrapped, UserError) else wrapped
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         message = ' '.join(message.split())
         print(f'error: {type(err).__name__}: {message} (MMDEFSCAN_DEBUG=1 for the traceback)',

@@ -7,6 +7,7 @@ new output norms), output norms of stages a backbone does not output, and the cl
 head, which a backbone drops. Official checkpoints in other layouts (training states with pickled
 objects, EMA weights, detector prefixes) are converted by :mod:`mmdefscan.models.converters`.
 """
+import os.path as osp
 import pickle
 import zipfile
 
@@ -39,28 +40,75 @@ def extract_state_dict(checkpoint, source='checkpoint'):
     raise CheckpointError(f'{source}: expected a dict of tensors, got {type(checkpoint).__name__}')
 
 
+def refuses_objects(err):
+    """Whether torch's ``weights_only`` unpickler stopped at a pickled Python object (a class or
+    function it does not allow), not at bytes it cannot read."""
+    return isinstance(err, pickle.UnpicklingError) and 'global' in str(err).lower()
+
+
+def damaged(filename, err=None):
+    """The :class:`CheckpointError` of a file torch cannot read; ``err`` is torch's error (None:
+    an empty file). torch's advice to retry with ``weights_only=False`` is left out: that does
+    not mend a damaged file."""
+    if err is None:
+        reason = 'the file is empty'
+    else:
+        text = str(err).split('WeightsUnpickler error:', 1)[-1]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = f'{type(err).__name__}: {lines[0]}' if lines else type(err).__name__
+    return CheckpointError(f'{filename}: not a readable checkpoint (truncated or corrupt file?): '
+                           f'{reason}')
+
+
+# What torch.load raises on a file of the wrong or damaged bytes.
+READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile)
+
+
 def load_checkpoint_file(filename, map_location='cpu'):
     """Load with torch's safe ``weights_only`` unpickler (local paths, URLs, MMEngine schemes).
 
-    A file that is not a readable checkpoint (truncated download, wrong file) is a
-    :class:`CheckpointError` naming it; a missing file stays ``FileNotFoundError``.
+    A file that is not a readable checkpoint (empty, truncated download, wrong file) is a
+    :class:`CheckpointError` that says so; a missing file stays ``FileNotFoundError``.
     """
+    local = osp.isfile(str(filename))
+    if local and osp.getsize(filename) == 0:
+        raise damaged(filename)
     try:
         return CheckpointLoader.load_checkpoint(filename, map_location=map_location)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f'{filename}: holds Python objects that safe loading refuses ({str(err).splitlines()[0]}); '
-            'convert it with tools/model_converters/ first') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f'{filename}: not a readable checkpoint (truncated or corrupt '
-                              f'file?): {reason}') from None
+    except READ_ERRORS + ((KeyError, ) if local else ()) as err:
+        if refuses_objects(err):
+            raise CheckpointError(
+                f'{filename}: holds Python objects that safe loading refuses '
+                f'({str(err).splitlines()[0]}); convert it with tools/model_converters/ first'
+            ) from None
+        raise damaged(filename, err) from None
 
 
 def _short(keys, limit=6):
     keys = sorted(keys)
     more = f' ... (+{len(keys) - limit})' if len(keys) > limit else ''
     return ', '.join(keys[:limit]) + more
+
+
+def compare_keys(own, state):
+    """``state`` against a module's state dict ``own``: the missing and unexpected keys (sets)
+    and the mis-shaped ones (``{key: (shape in state, shape in own)}``)."""
+    mismatched = {k: (tuple(state[k].shape), tuple(own[k].shape))
+                  for k in set(state) & set(own) if state[k].shape != own[k].shape}
+    return set(own) - set(state), set(state) - set(own), mismatched
+
+
+def describe_misfit(missing, unexpected, mismatched):
+    """One line with the count and the first few keys of each kind ('' when all fit)."""
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} missing: {_short(missing)}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected: {_short(unexpected)}')
+    if mismatched:
+        shapes = [f'{k} {a} vs {b}' for k, (a, b) in mismatched.items()]
+        problems.append(f'{len(mismatched)} shape mismatches: {_short(shapes)}')
+    return '; '.join(problems)
 
 
 def fit_state_dict(module, state, source='checkpoint', head_prefixes=(), optional_prefixes=()):
@@ -91,19 +139,10 @@ def fit_state_dict(module, state, source='checkpoint', head_prefixes=(), optiona
               and k.startswith(tuple(optional_prefixes))}
     for k in unused:
         del state[k]
-    unexpected = set(state) - set(own)
-    mismatched = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
-                  for k in set(state) & set(own) if state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} missing: {_short(missing)}')
-    if unexpected:
-        problems.append(f'{len(unexpected)} unexpected: {_short(unexpected)}')
-    if mismatched:
-        problems.append(f'{len(mismatched)} shape mismatches: {_short(mismatched)}')
+    _, unexpected, mismatched = compare_keys(own, state)
+    problems = describe_misfit(missing, unexpected, mismatched)
     if problems:
-        raise CheckpointError(f'{source} does not fit {type(module).__name__}: '
-                              + '; '.join(problems))
+        raise CheckpointError(f'{source} does not fit {type(module).__name__}: {problems}')
     notes = [f'dropped {len(dropped)} head keys'] if dropped else []
     if kept_init:
         notes.append(f'kept init for {len(kept_init)} keys ({_short(kept_init, 3)})')

@@ -25,13 +25,12 @@ import os.path as osp
 import pickle
 import re
 import types
-import zipfile
 from collections import Counter
 
 import torch
 
 from .backbones import DAMamba, DefMamba, SpatialMamba
-from .checkpoint import CheckpointError, fit_state_dict
+from .checkpoint import READ_ERRORS, CheckpointError, damaged, fit_state_dict, refuses_objects
 
 # Where the weights may be, in order of preference; the EMA copies only with ``ema=True`` (or when
 # a file holds nothing else). 'state_dict_ema' is timm's train.py name.
@@ -136,13 +135,14 @@ def load_untrusted_checkpoint(path):
     path = str(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} does not exist')
+    if osp.getsize(path) == 0:
+        raise damaged(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True), Counter()
-    except pickle.UnpicklingError:
-        pass  # pickled Python objects: read again with the restricted unpickler
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f'{path}: not a readable checkpoint (truncated or corrupt file?): '
-                              f'{_first_line(err)}') from None
+    except (*READ_ERRORS, KeyError) as err:
+        if not refuses_objects(err):
+            raise damaged(path, err) from None
+        # pickled Python objects: read again with the restricted unpickler
     inert = Counter()
     try:
         # weights_only=False is required by torch for a custom pickle_module; the module given
@@ -151,10 +151,8 @@ def load_untrusted_checkpoint(path):
                          pickle_module=_restricted_pickle_module(inert))
     except pickle.UnpicklingError as err:
         raise CheckpointError(f'{path}: {_first_line(err)}') from None
-    except (RuntimeError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            zipfile.BadZipFile) as err:
-        raise CheckpointError(f'{path}: not a readable checkpoint (truncated or corrupt file?): '
-                              f'{type(err).__name__}: {_first_line(err)}') from None
+    except (*READ_ERRORS, TypeError, AttributeError, IndexError) as err:
+        raise damaged(path, err) from None
     return obj, inert
 
 
@@ -526,6 +524,10 @@ def main(family, argv=None):
                         help='write an mmpretrain ImageClassifier checkpoint (backbone.* + '
                              'head.fc.*) for configs/imagenet/ instead of a backbone')
     args = parser.parse_args(argv)
-    from ..engine.cli import run_cli
-    return run_cli(lambda: convert_checkpoint(args.src, args.dst, family, arch=args.arch,
-                                              ema=args.ema, classifier=args.classifier))
+    from ..engine.cli import before_the_run, run_cli
+
+    def convert():  # everything here reads and checks the source: its errors are one line
+        with before_the_run():
+            return convert_checkpoint(args.src, args.dst, family, arch=args.arch, ema=args.ema,
+                                      classifier=args.classifier)
+    return run_cli(convert)

@@ -21,7 +21,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 import mmdefscan  # noqa: F401  (registers the backbones, safe checkpoint loading)
-from mmdefscan.engine import check_data_paths, load_config, run_cli
+from mmdefscan.engine import UserError, before_the_run, check_data_paths, load_config, run_cli
 from mmdefscan.registry import MODELS
 
 
@@ -67,11 +67,12 @@ def best_share(shapes, n):
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    check_data_paths(cfg, splits=('train_dataloader', ))
+    with before_the_run():
+        cfg = load_config(args.config, args.cfg_options)
+        check_data_paths(cfg, splits=('train_dataloader', ))
     shapes = batch_shapes(cfg, args.batches, args.workers)
     if not shapes:
-        raise ValueError(f'{args.config}: the training data loader gave no batch')
+        raise UserError(ValueError(f'{args.config}: the training data loader gave no batch'))
     counts = collections.Counter(shapes).most_common()
     print(f'\n{len(shapes)} training batches, {len(counts)} input shapes\n')
     print('| shape | batches | share | cumulative |')

@@ -21,7 +21,7 @@ from mmengine.config import DictAction
 from mmengine.registry import init_default_scope
 
 import mmdefscan  # noqa: F401  (registers the backbones; torchvision stand-in for mmpretrain)
-from mmdefscan.engine import load_config, run_cli
+from mmdefscan.engine import before_the_run, load_config, run_cli
 from mmdefscan.utils.complexity import model_complexity, selective_scan_flops_ref
 
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 2048)}
@@ -55,13 +55,14 @@ def build_inputs(model, scope, height, width):
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    if 'data_preprocessor' in cfg and isinstance(cfg.model, dict):
-        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model = registry.build(cfg.model)  # no init_weights: pretrained files are not needed
+    with before_the_run():
+        cfg = load_config(args.config, args.cfg_options)
+        scope = cfg.get('default_scope', 'mmdet')
+        init_default_scope(scope)
+        registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+        if 'data_preprocessor' in cfg and isinstance(cfg.model, dict):
+            cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
+        model = registry.build(cfg.model)  # no init_weights: pretrained files are not needed
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(model).eval()
     height, width = args.shape or DEFAULT_SHAPES.get(scope, (224, 224))
