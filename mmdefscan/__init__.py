@@ -1,11 +1,8 @@
 """mmdefscan: vision Mamba backbones with deformable / adaptive scanning for OpenMMLab."""
 __version__ = '0.1.0'
 
-from .utils import (disable_mmpretrain_multimodal_if_incompatible,
-                    install_torchvision_stub_if_missing)
+from .utils import disable_mmpretrain_multimodal_if_incompatible
 
-# mmpretrain imports torchvision at import time; CPU-only machines may have none.
-install_torchvision_stub_if_missing()
 # mmpretrain 1.2's models fail to import beside transformers 5 (utils/mmpretrain_compat.py)
 disable_mmpretrain_multimodal_if_incompatible()
 

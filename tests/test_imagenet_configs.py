@@ -13,7 +13,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-import mmdefscan  # noqa: F401  (before mmpretrain: torchvision stand-in where it is missing)
+import mmdefscan  # noqa: F401
 from _refs import REPO
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / 'configs/imagenet').glob('*.py'))
@@ -82,7 +82,7 @@ def test_the_recipe_trains_and_tests_through_the_tools_on_a_folder_dataset(tmp_p
     gradient clipping) in full precision (--no-amp: its AMP wrapper is for CUDA) on a
     class-folder dataset, tiny backbone: two iterations with finite losses; tools/test.py then
     evaluates the checkpoint with the recipe's test pipeline. No torchvision needed
-    (mmpretrain's datasets import through the stand-in)."""
+    (mmpretrain's datasets import through tools/torchvision_stub.py where it is missing)."""
     import cv2
     import numpy as np
     rng = np.random.default_rng(0)

@@ -108,3 +108,44 @@ def test_scan_operators_are_registered_modules():
     u = torch.randn(1, 8, 30)
     y = scan(u, u, -torch.ones(8, 4), torch.randn(1, 4, 30), torch.randn(1, 4, 30))
     assert y.shape == u.shape
+
+
+def test_bare_names_go_to_the_root_registry_only_where_free():
+    """import mmdefscan registers DefMamba, SpatialMamba and DAMamba by their bare names at
+    MMEngine's root registry; a name another package registered first (at the root, or in a
+    scope) stays that package's, with a warning naming it, and the scoped name builds ours."""
+    script = textwrap.dedent('''
+        import warnings
+        import torch.nn as nn
+        from mmengine.registry import MODELS
+        from mmdet.registry import MODELS as MMDET_MODELS
+
+        class DefMamba(nn.Module):  # another package's classes of the same names
+            pass
+
+        class SpatialMamba(nn.Module):
+            pass
+        DefMamba.__module__ = SpatialMamba.__module__ = 'otherpkg.models'
+        MODELS.register_module(module=DefMamba)
+        MMDET_MODELS.register_module(module=SpatialMamba)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            import mmdefscan
+        for w in caught:
+            print('warning:', w.message)
+        for name in ('DefMamba', 'SpatialMamba', 'DAMamba'):
+            print(name, getattr(MODELS.module_dict.get(name), '__module__', None))
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[-3:] == ['DefMamba otherpkg.models', 'SpatialMamba None',
+                          'DAMamba mmdefscan.models.backbones.damamba']
+    warned = [line for line in lines if line.startswith('warning:')]
+    assert warned == [
+        "warning: mmdefscan: type='DefMamba' stays otherpkg.models.DefMamba (registered in the "
+        "mmengine scope by another package); use type='mmdefscan.DefMamba' for mmdefscan's",
+        "warning: mmdefscan: type='SpatialMamba' stays otherpkg.models.SpatialMamba (registered "
+        "in the mmdet scope by another package); use type='mmdefscan.SpatialMamba' for "
+        "mmdefscan's"]

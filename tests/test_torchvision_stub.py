@@ -1,26 +1,98 @@
-"""Without torchvision, mmpretrain still imports and builds a classifier on our backbone."""
+"""The torchvision stand-in is part of the development environment, not of the library: importing
+mmdefscan patches nothing; tools/setup_env.sh installs the stand-in only where torchvision does
+not import, and with it mmpretrain imports and builds a classifier on our backbone."""
 import importlib.util
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
-import mmdefscan  # noqa: F401
+from _refs import REPO
 
-stubbed = getattr(sys.modules.get('torchvision'), '__version__', '').endswith('mmdefscan.stub')
+STUB = REPO / 'tools/torchvision_stub.py'
+
+# A fresh interpreter in which torchvision cannot be found, whatever the environment holds.
+HIDE_TORCHVISION = '''
+import importlib.machinery, importlib.util, sys
+_find = importlib.machinery.PathFinder.find_spec.__func__
+def _hidden(cls, name, path=None, target=None):
+    return None if name.split('.')[0] == 'torchvision' else _find(cls, name, path, target)
+importlib.machinery.PathFinder.find_spec = classmethod(_hidden)
+assert importlib.util.find_spec('torchvision') is None
+'''
 
 
-@pytest.mark.skipif(not stubbed, reason='a real torchvision is installed and used')
+def run_python(code, **env):
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=dict(os.environ, **env))
+
+
+def test_importing_mmdefscan_installs_no_torchvision():
+    result = run_python(HIDE_TORCHVISION + '''
+import mmdefscan
+print(importlib.util.find_spec('torchvision'), 'torchvision' in sys.modules)
+''')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['None', 'False']
+
+
 def test_stub_box_ops_and_clear_errors():
-    from torchvision.ops import boxes
-    a = torch.tensor([[0., 0., 2., 2.], [1., 1., 3., 3.]])
-    iou = boxes.box_iou(a, a)
-    torch.testing.assert_close(iou, torch.tensor([[1., 1 / 7], [1 / 7, 1.]]))
-    giou = boxes.generalized_box_iou(a, a)
-    torch.testing.assert_close(giou, torch.tensor([[1., 1 / 7 - 2 / 9], [1 / 7 - 2 / 9, 1.]]))
-    import torchvision
-    with pytest.raises(AttributeError, match='torchvision is not installed'):
-        torchvision.models  # noqa: B018
+    """The stand-in as installed (module name torchvision), loaded where torchvision is hidden."""
+    result = run_python(HIDE_TORCHVISION + f'''
+import torch
+spec = importlib.util.spec_from_file_location('torchvision', {str(STUB)!r})
+module = importlib.util.module_from_spec(spec)
+sys.modules['torchvision'] = module
+spec.loader.exec_module(module)
+from torchvision.ops import boxes
+a = torch.tensor([[0., 0., 2., 2.], [1., 1., 3., 3.]])
+torch.testing.assert_close(boxes.box_iou(a, a), torch.tensor([[1., 1 / 7], [1 / 7, 1.]]))
+giou = boxes.generalized_box_iou(a, a)
+torch.testing.assert_close(giou, torch.tensor([[1., 1 / 7 - 2 / 9], [1 / 7 - 2 / 9, 1.]]))
+import torchvision
+print(torchvision.__version__)
+try:
+    torchvision.models
+except AttributeError as err:
+    print(err)
+import mmdefscan  # mmpretrain beside transformers 5 (utils/mmpretrain_compat.py)
+from mmpretrain.datasets.transforms import MAERandomResizedCrop, RandomResizedCrop
+RandomResizedCrop(scale=32)  # mmpretrain's own crop, the ImageNet recipes' one
+try:
+    MAERandomResizedCrop(size=32)
+except ImportError as err:
+    print(err)
+''')
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[-3] == '0.0.0+mmdefscan.stub'
+    assert lines[-2].startswith('torchvision.models is unavailable: torchvision is not installed')
+    assert lines[-1] == 'MAERandomResizedCrop needs torchvision, which is not installed'
+
+
+def test_setup_installs_the_stub_only_where_torchvision_does_not_import(tmp_path):
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True,
+                   timeout=120)
+    site = subprocess.run([str(venv / 'bin/python'), '-c', 'import sysconfig; '
+                           "print(sysconfig.get_paths()['purelib'])"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    installed = os.path.join(site, 'torchvision', '__init__.py')
+    # a torchvision that imports (here a fake one on PYTHONPATH) is left alone
+    (tmp_path / 'other' / 'torchvision').mkdir(parents=True)
+    (tmp_path / 'other' / 'torchvision' / '__init__.py').write_text('')
+    setup = ['bash', str(REPO / 'tools/setup_env.sh'), '--torchvision-stub']
+    env = dict(os.environ, MMDEFSCAN_VENV=str(venv))
+    done = subprocess.run(setup, capture_output=True, text=True, timeout=120,
+                          env=dict(env, PYTHONPATH=str(tmp_path / 'other')))
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(installed) and done.stdout == ''
+    done = subprocess.run(setup, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert open(installed).read() == STUB.read_text()
+    assert done.stdout.startswith('[setup] torchvision does not import: installed the stand-in')
 
 
 def test_mmpretrain_classifier_builds_and_computes_a_loss():
@@ -40,22 +112,11 @@ def test_mmpretrain_classifier_builds_and_computes_a_loss():
     assert torch.isfinite(losses['loss']) and losses['loss'] > 0
 
 
-@pytest.mark.skipif(not stubbed, reason='a real torchvision is installed and used')
-def test_mmpretrain_datasets_import_and_the_torchvision_crop_says_what_is_missing():
-    """mmpretrain's transforms subclass torchvision's RandomResizedCrop at import: the stand-in
-    lets them import, and building that crop raises one clear error."""
-    from mmpretrain.datasets.transforms import MAERandomResizedCrop, RandomResizedCrop
-    RandomResizedCrop(scale=32)  # mmpretrain's own crop, the ImageNet recipes' one
-    with pytest.raises(ImportError, match='needs torchvision, which is not installed'):
-        MAERandomResizedCrop(size=32)
-
-
 @pytest.mark.parametrize('version,disabled', [('5.0.1', True), ('4.57.6', False)])
 def test_mmpretrain_models_import_beside_transformers_5(version, disabled):
     """With transformers 5 (faked: its version as the package metadata reports it) mmpretrain's
     multimodal models are switched off before mmpretrain.models is imported, so the
     classification models import; with an older transformers the switch is left alone."""
-    import subprocess
     code = f'''
 import importlib.metadata
 real = importlib.metadata.version
@@ -69,8 +130,7 @@ import mmpretrain.models
 from mmpretrain.registry import MODELS
 assert MODELS.get('ImageClassifier') is not None
 '''
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                            timeout=300)
+    result = run_python(code)
     if not disabled:  # mmpretrain then takes its own branch, which needs a real transformers
         assert result.stdout.splitlines()[-1] == "False 'as mmpretrain found it'"
         return

@@ -4,13 +4,32 @@
 #   TORCH_SPEC   torch requirement used only when the venv cannot import torch (default torch==2.13.0;
 #                a torch already visible to the venv, e.g. a user's CUDA build, is kept)
 #   WHEEL_CACHE  where the locally built mmcv wheel is kept (default .wheels/, git-ignored)
+#   MMDEFSCAN_VENV  the virtual environment to set up (default .venv/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv
+VENV=${MMDEFSCAN_VENV:-.venv}
 PY=$VENV/bin/python
 WHEEL_CACHE=${WHEEL_CACHE:-$PWD/.wheels}
 STAMP=$VENV/.mmdefscan-setup
-want=$(cat tools/setup_env.sh setup.py | sha1sum | cut -c1-16)
+# mmpretrain imports torchvision at import time. Where none imports (no wheel for this torch
+# build), the stand-in of tools/torchvision_stub.py (what mmpretrain imports, nothing else) goes
+# into the venv as the package torchvision; installing torchvision later replaces it.
+# `bash tools/setup_env.sh --torchvision-stub` runs this step alone on an existing venv.
+install_torchvision_stub() {
+  if "$PY" -c "import torchvision" 2>/dev/null; then
+    return 0
+  fi
+  local site
+  site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  mkdir -p "$site/torchvision"
+  cp tools/torchvision_stub.py "$site/torchvision/__init__.py"
+  echo "[setup] torchvision does not import: installed the stand-in $site/torchvision"
+}
+if [ "${1:-}" = "--torchvision-stub" ]; then
+  install_torchvision_stub
+  exit 0
+fi
+want=$(cat tools/setup_env.sh setup.py tools/torchvision_stub.py | sha1sum | cut -c1-16)
 if [ -x "$PY" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
@@ -39,6 +58,7 @@ pip install -q "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" \
 # Triton: optional for users (CUDA kernels); the tests run its kernels in the CPU interpreter
 pip install -q "triton>=3.0"
 pip install -q --no-deps -e .
+install_torchvision_stub
 "$PY" -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, mmdefscan; print('[setup] ok: torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__, '| mmpretrain', mmpretrain.__version__)"
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - start )) s"

@@ -20,7 +20,7 @@ import torch
 from mmengine.config import DictAction
 from mmengine.registry import init_default_scope
 
-import mmdefscan  # noqa: F401  (registers the backbones; torchvision stand-in for mmpretrain)
+import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.engine import before_the_run, load_config, run_cli
 from mmdefscan.utils.complexity import model_complexity, selective_scan_flops_ref
 

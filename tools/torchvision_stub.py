@@ -1,16 +1,16 @@
-"""A minimal stand-in for torchvision, installed only when torchvision is absent.
+"""A stand-in for torchvision, for development environments where torchvision cannot be installed.
 
 mmpretrain 1.2 imports ``torchvision.ops.boxes`` and ``torchvision.transforms`` at import time,
-so without torchvision (there is no CPU wheel for every torch) its models cannot even be
-imported. The stand-in gives those imports the box helpers mmpretrain calls (pure torch) and a
-transform namespace holding only ``RandomResizedCrop``, which mmpretrain's datasets subclass at
-import time (``MAERandomResizedCrop``); building it raises. Any other attribute raises an
-AttributeError that says torchvision is missing. A real torchvision, when installed, is always
-used instead.
+so without torchvision (there is no wheel for every torch build) its models cannot even be
+imported. ``tools/setup_env.sh`` copies this file into the virtual environment as
+``torchvision/__init__.py`` only where ``import torchvision`` fails; mmdefscan itself never
+imports it. It gives those imports the box helpers mmpretrain calls (pure torch) and a transform
+namespace holding only ``RandomResizedCrop``, which mmpretrain's datasets subclass at import time
+(``MAERandomResizedCrop``); building it raises. Any other attribute raises an AttributeError
+that says torchvision is missing. Installing the real torchvision replaces it.
 """
 import enum
 import importlib.machinery
-import importlib.util
 import sys
 import types
 
@@ -27,7 +27,7 @@ def _module(name, **attrs):
 
     def __getattr__(attr):
         raise AttributeError(f'{name}.{attr} is unavailable: torchvision is not installed '
-                             '(mmdefscan provides only what mmpretrain imports)')
+                             '(the stand-in provides only what mmpretrain imports)')
 
     module.__getattr__ = __getattr__
     return module
@@ -79,10 +79,8 @@ class RandomResizedCrop:
         raise ImportError(f'{type(self).__name__} needs torchvision, which is not installed')
 
 
-def install_if_missing():
-    """Register the stand-in in ``sys.modules`` unless a real torchvision is importable."""
-    if 'torchvision' in sys.modules or importlib.util.find_spec('torchvision') is not None:
-        return False
+def _install():
+    """Fill this package with its submodules (``torchvision.ops.boxes``, ``.transforms``, ...)."""
     boxes = _module('torchvision.ops.boxes', box_area=box_area, box_iou=box_iou,
                     generalized_box_iou=generalized_box_iou, _upcast=_upcast)
     ops = _module('torchvision.ops', boxes=boxes, box_area=box_area, box_iou=box_iou,
@@ -91,7 +89,16 @@ def install_if_missing():
     inner = _module('torchvision.transforms.transforms', InterpolationMode=InterpolationMode)
     transforms = _module('torchvision.transforms', functional=functional, transforms=inner,
                          InterpolationMode=InterpolationMode, RandomResizedCrop=RandomResizedCrop)
-    root = _module('torchvision', ops=ops, transforms=transforms, __version__=STUB_VERSION)
-    for module in (root, ops, boxes, transforms, functional, inner):
+    for module in (ops, boxes, transforms, functional, inner):
         sys.modules[module.__name__] = module
-    return True
+    return ops, transforms
+
+
+if __name__ == 'torchvision':  # imported as the installed stand-in (not when a test loads it)
+    ops, transforms = _install()
+    __version__ = STUB_VERSION
+
+    def __getattr__(attr):
+        raise AttributeError(f'torchvision.{attr} is unavailable: torchvision is not installed '
+                             '(this is the stand-in of tools/torchvision_stub.py, which provides '
+                             'only what mmpretrain imports)')
