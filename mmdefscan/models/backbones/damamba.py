@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
 
 from ...ops import DynamicAdaptiveScan, LayerNorm, selective_scan_states
 from ...registry import register_backbone
@@ -38,16 +37,11 @@ _OFFICIAL_DEFAULTS = dict(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), mlp_rat
 _ARCH_KEYS = {'dims', 'depths', 'mlp_ratios', 'head_dim', 'layerscale'}
 # Official keywords that do not change the backbone (the official code ignores them as well):
 # the classifier's, the unused ``drop_rate`` / ``norm_layer``, and the downstream configs' sizes.
-_IGNORED_OFFICIAL_KEYS = {'num_classes', 'head_fn', 'drop_rate', 'norm_layer', 'pretrain_size',
-                          'img_size'}
+_IGNORED_OFFICIAL_KEYS = frozenset({'num_classes', 'head_fn', 'drop_rate', 'norm_layer',
+                                    'pretrain_size', 'img_size'})
 # Official keywords with a single supported value (the only one the released models use).
 _FIXED_OFFICIAL_KEYS = {'act_layer': 'GELU', 'token_mixers': 'DASSM'}
-_OTHER_OFFICIAL_KEYS = {'in_chans', 'pretrained'}
 LAYER_SCALE_INIT = 1e-6
-
-
-def _name(value):
-    return getattr(value, '__name__', value)
 
 
 def build_norm(cfg, channels):
@@ -279,16 +273,14 @@ class DAMamba(ScanBackbone):
             raise TypeError.
     """
     head_prefixes = ('head.',)
+    official_ignored = _IGNORED_OFFICIAL_KEYS
+    official_fixed = _FIXED_OFFICIAL_KEYS
 
     def __init__(self, arch=None, out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  drop_path_rate=None, with_cp=False, cuda_graph=False, norm_cfg=None,
                  init_cfg=None, adaptive_scan=True, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
-        if cfg['pretrained']:
-            if init_cfg is not None:
-                raise ValueError('DAMamba: give either pretrained= or init_cfg=, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=cfg['pretrained'])
-        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph)
+        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph, official=official_kwargs)
         dims, depths = cfg['dims'], cfg['depths']
         self.dims = dims
         self.depths = depths
@@ -320,13 +312,8 @@ class DAMamba(ScanBackbone):
             self.add_module(f'norm{i + 1}', LayerNorm2d(dim))
         self.apply(self._init_module)
 
-    @staticmethod
-    def _resolve_config(arch, drop_path_rate, official):
-        known = (_ARCH_KEYS | _IGNORED_OFFICIAL_KEYS | set(_FIXED_OFFICIAL_KEYS)
-                 | _OTHER_OFFICIAL_KEYS)
-        unknown = sorted(set(official) - known)
-        if unknown:
-            raise TypeError(f'DAMamba got unknown keyword(s) {unknown}')
+    @classmethod
+    def _resolve_config(cls, arch, drop_path_rate, official):
         if arch is None:
             arch = dict() if set(official) & _ARCH_KEYS else 'tiny'
         if isinstance(arch, str):
@@ -338,20 +325,8 @@ class DAMamba(ScanBackbone):
             if bad:
                 raise ValueError(f'DAMamba: arch dict keys {bad} are not architecture keys')
             cfg = dict(_OFFICIAL_DEFAULTS, **arch)
-        cfg.update(in_chans=3, pretrained=None)
-        for key, value in official.items():
-            if key in _FIXED_OFFICIAL_KEYS:
-                values = value if isinstance(value, (list, tuple)) else [value]
-                if any(_name(v) != _FIXED_OFFICIAL_KEYS[key] for v in values):
-                    raise ValueError(f'DAMamba: {key}={value!r} is not supported '
-                                     f'(only {_FIXED_OFFICIAL_KEYS[key]})')
-            elif key not in _IGNORED_OFFICIAL_KEYS:
-                cfg[key] = value
-        ignored = sorted(k for k in set(official) & _IGNORED_OFFICIAL_KEYS
-                         if official[k] not in (None, 0))
-        if ignored:
-            print_log(f'DAMamba: ignoring official keys that do not affect it: {ignored}',
-                      logger='current')
+        cfg['in_chans'] = 3
+        cls._merge_official(cfg, official)
         if drop_path_rate is not None:
             cfg['drop_path_rate'] = drop_path_rate
 

@@ -13,7 +13,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import print_log
 
 from ...ops import (DeformableScan, DepthwiseConv2d, LayerNorm, merge_scans_gate,
                     merge_scans_gate_ref, selective_scan_fn)
@@ -31,13 +30,13 @@ ARCH_SETTINGS = {
 
 # Keywords of the official builder / MM_VSSM that do not change this network (the official model
 # ignores them too), and the Swin keys the official detection configs merge into the dict.
-_IGNORED_OFFICIAL_KEYS = {
+_IGNORED_OFFICIAL_KEYS = frozenset({
     'num_classes', 'ssm_rank_ratio', 'ssm_simple_init', 'forward_type', 'norm_layer', 'gmlp',
     'posembed', 'imgsize', 'convffn', 'add_se', 'ffn_dropout',
     'embed_dims', 'num_heads', 'window_size', 'qkv_bias', 'qk_scale', 'drop_rate',
     'attn_drop_rate', 'convert_weights', 'strides', 'patch_sizes', 'use_abs_pos_embed',
     'pretrain_img_size', 'act_cfg', 'norm_cfg',
-}
+})
 # Official keywords whose non-default values this port does not implement (none of the released
 # variants uses them): name -> the only supported value.
 _FIXED_OFFICIAL_KEYS = {
@@ -247,6 +246,8 @@ class DefMamba(ChannelsLastBackbone):
     """
     head_prefixes = ('classifier.',)
     optional_prefixes = ('outnorm',)
+    official_ignored = _IGNORED_OFFICIAL_KEYS
+    official_fixed = _FIXED_OFFICIAL_KEYS
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  drop_path_rate=None, with_cp=False, cuda_graph=False, init_cfg=None,
@@ -254,11 +255,7 @@ class DefMamba(ChannelsLastBackbone):
                  deformable_tokens=True, offset_bias=True, channel_attention=True,
                  offset_kernel_sizes=DeformableScan.kernel_sizes, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
-        if cfg.pop('pretrained', None):
-            if init_cfg is not None:
-                raise ValueError('DefMamba: give either pretrained= or init_cfg=, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=official_kwargs['pretrained'])
-        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph)
+        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph, official=official_kwargs)
         dims, depths = cfg['dims'], cfg['depths']
         self.dims = dims
         self.out_indices = tuple(out_indices)
@@ -293,35 +290,21 @@ class DefMamba(ChannelsLastBackbone):
             self.add_module(f'outnorm{i}', LayerNorm(dims[i]))
         self.apply(self._init_module)
 
-    @staticmethod
-    def _resolve_config(arch, drop_path_rate, official):
+    @classmethod
+    def _resolve_config(cls, arch, drop_path_rate, official):
         if isinstance(arch, str):
             if arch not in ARCH_SETTINGS:
                 raise ValueError(f'DefMamba: arch {arch!r} is not one of {sorted(ARCH_SETTINGS)}')
             arch = ARCH_SETTINGS[arch]
         cfg = dict(dims=96, depths=(2, 2, 9, 2), drop_path_rate=0.2, ssm_d_state=16,
                    ssm_ratio=1.0, ssm_dt_rank='auto', mlp_ratio=4.0, in_chans=3,
-                   use_checkpoint=False, pretrained=None, ssm_drop_rate=0.0, mlp_drop_rate=0.0)
+                   use_checkpoint=False, ssm_drop_rate=0.0, mlp_drop_rate=0.0)
         cfg.update(arch)
-        ignored = sorted(set(official) & _IGNORED_OFFICIAL_KEYS)
-        unknown = sorted(set(official) - _IGNORED_OFFICIAL_KEYS - set(_FIXED_OFFICIAL_KEYS)
-                         - set(cfg))
-        if unknown:
-            raise TypeError(f'DefMamba got unknown keyword(s) {unknown}')
-        for key, value in official.items():
-            if key in _FIXED_OFFICIAL_KEYS:
-                if str(value).lower() != str(_FIXED_OFFICIAL_KEYS[key]).lower():
-                    raise ValueError(f'DefMamba: {key}={value!r} is not supported '
-                                     f'(only {_FIXED_OFFICIAL_KEYS[key]!r})')
-            elif key not in _IGNORED_OFFICIAL_KEYS:
-                cfg[key] = value
+        cls._merge_official(cfg, official)
         if cfg['ssm_drop_rate'] or cfg['mlp_drop_rate']:
             raise ValueError('DefMamba: ssm_drop_rate / mlp_drop_rate must be 0 (as released)')
         if drop_path_rate is not None:
             cfg['drop_path_rate'] = drop_path_rate
-        if ignored:
-            print_log(f'DefMamba: ignoring official keys that do not affect it: {ignored}',
-                      logger='current')
         cfg['depths'] = list(cfg['depths'])
         cfg['dims'] = stage_dims(cfg['dims'], cfg['depths'], 'DefMamba')
         return cfg

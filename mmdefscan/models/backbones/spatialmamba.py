@@ -14,7 +14,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import print_log
 
 from ...ops import LayerNorm, StateFusion, selective_scan_states
 from ...ops.state_fusion import fuse_read_out_ref
@@ -32,11 +31,11 @@ ARCH_SETTINGS = {
 # Official keywords that do not change the backbone (the official backbone ignores them too:
 # no pos_drop in its forward, no head, an image-size-free stem), and the Swin keys the official
 # detection / segmentation configs merge into the dict.
-_IGNORED_OFFICIAL_KEYS = {
+_IGNORED_OFFICIAL_KEYS = frozenset({
     'img_size', 'patch_size', 'num_classes', 'drop_rate', 'patch_norm',
     'embed_dims', 'num_heads', 'window_size', 'qkv_bias', 'qk_scale', 'convert_weights',
     'strides', 'patch_sizes', 'use_abs_pos_embed', 'pretrain_img_size', 'act_cfg', 'norm_cfg',
-}
+})
 # Official keywords whose other values this port does not implement: name -> the only value.
 # (d_state > 1 breaks the official model; norm_layer='bn' gives broken output norms; the
 # backbone reads the checkpoint's 'model' entry, as the official default.)
@@ -232,16 +231,14 @@ class SpatialMamba(ChannelsLastBackbone):
     """
     head_prefixes = ('norm.', 'head.')
     optional_prefixes = ('outnorm',)
+    official_ignored = _IGNORED_OFFICIAL_KEYS
+    official_fixed = _FIXED_OFFICIAL_KEYS
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1,
                  drop_path_rate=None, with_cp=False, cuda_graph=False, init_cfg=None,
                  fusion_dilations=StateFusion.official_dilations, **official_kwargs):
         cfg = self._resolve_config(arch, drop_path_rate, official_kwargs)
-        if cfg['pretrained']:
-            if init_cfg is not None:
-                raise ValueError('SpatialMamba: give either pretrained= or init_cfg=, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=cfg['pretrained'])
-        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph)
+        super().__init__(init_cfg=init_cfg, cuda_graph=cuda_graph, official=official_kwargs)
         dims, depths = cfg['dims'], cfg['depths']
         self.dims = dims
         self.out_indices = tuple(out_indices)
@@ -270,8 +267,8 @@ class SpatialMamba(ChannelsLastBackbone):
             self.add_module(f'outnorm{i}', LayerNorm(dims[i]))
         self.apply(self._init_module)
 
-    @staticmethod
-    def _resolve_config(arch, drop_path_rate, official):
+    @classmethod
+    def _resolve_config(cls, arch, drop_path_rate, official):
         if isinstance(arch, str):
             if arch not in ARCH_SETTINGS:
                 raise ValueError(f'SpatialMamba: arch {arch!r} is not one of '
@@ -279,37 +276,19 @@ class SpatialMamba(ChannelsLastBackbone):
             arch = ARCH_SETTINGS[arch]
         cfg = dict(dims=96, depths=(2, 2, 9, 2), drop_path_rate=0.2, d_state=1,
                    dt_init='random', mlp_ratio=4.0, attn_drop_rate=0.0, in_chans=3,
-                   use_checkpoint=False, pretrained=None)
+                   use_checkpoint=False)
         cfg.update(arch)
-        official = dict(official)
-        if 'in_channels' in official:  # the mm name of in_chans (Swin configs)
-            if 'in_chans' in official:
-                raise TypeError('SpatialMamba: give in_chans or in_channels, not both')
-            official['in_chans'] = official.pop('in_channels')
-        known = set(cfg) | _IGNORED_OFFICIAL_KEYS | set(_FIXED_OFFICIAL_KEYS)
-        unknown = sorted(set(official) - known)
-        if unknown:
-            raise TypeError(f'SpatialMamba got unknown keyword(s) {unknown}')
-        ignored = sorted(set(official) & _IGNORED_OFFICIAL_KEYS)
-        for key, value in official.items():
-            if key in _FIXED_OFFICIAL_KEYS:
-                if value is None and key == 'd_state':  # official: ceil(dims[0] / 6)
-                    continue
-                if str(value).lower() != str(_FIXED_OFFICIAL_KEYS[key]).lower():
-                    raise ValueError(f'SpatialMamba: {key}={value!r} is not supported '
-                                     f'(only {_FIXED_OFFICIAL_KEYS[key]!r})')
-            elif key not in _IGNORED_OFFICIAL_KEYS:
-                cfg[key] = value
+        # official d_state=None means ceil(dims[0] / 6) states, checked below
+        auto_d_state = 'd_state' in official and official['d_state'] is None
+        cls._merge_official(cfg, {k: v for k, v in official.items()
+                                  if not (k == 'd_state' and auto_d_state)})
         if drop_path_rate is not None:
             cfg['drop_path_rate'] = drop_path_rate
         if cfg['dt_init'] not in _DT_INITS:
             raise ValueError(f"SpatialMamba: dt_init={cfg['dt_init']!r} is not one of {_DT_INITS}")
-        if ignored:
-            print_log(f'SpatialMamba: ignoring official keys that do not affect it: {ignored}',
-                      logger='current')
         cfg['depths'] = list(cfg['depths'])
         cfg['dims'] = stage_dims(cfg['dims'], cfg['depths'], 'SpatialMamba')
-        if official.get('d_state', 1) is None and math.ceil(cfg['dims'][0] / 6) != 1:
+        if auto_d_state and math.ceil(cfg['dims'][0] / 6) != 1:
             raise ValueError('SpatialMamba: d_state=None means ceil(dims[0] / 6) states; only 1 '
                              'is supported (the official model fails for more)')
         return cfg
