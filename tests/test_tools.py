@@ -46,6 +46,13 @@ def det_eval_options(root):
     return [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
 
 
+def one_error_line(result, pattern):
+    """The tool failed before its run with exactly one line on stderr matching ``pattern``."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert re.search(pattern, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
+
+
 def train(cfg, work_dir, options, iters):
     opts = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
             f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=1',
@@ -121,9 +128,160 @@ def test_bad_config_gives_one_clear_line(tmp_path, data_root, options, message):
     opts = data_options(data_root) + options if 'data_root' not in options[0] else options
     result = run_tool(['tools/train.py', DET_CFG, '--work-dir', str(tmp_path),
                        '--cfg-options', *opts])
+    one_error_line(result, message)
+
+
+TINY_DET_OPTIONS = {'model.backbone.dims': [16, 32, 32, 32], 'model.backbone.depths': [1, 1, 1, 1],
+                    'model.neck.in_channels': [16, 32, 32, 32]}
+
+
+@pytest.fixture(scope='module')
+def det_checkpoints(tmp_path_factory):
+    """Weights-only checkpoints ('state_dict' and 'meta', no optimizer state, as mmdet's model
+    zoo) of the tiny DefMamba detector of TINY_DET: ``right``, and ``damamba``, the same with
+    a DAMamba backbone in its place (a DAMamba detector's checkpoint). Returns (the built
+    detector, {name: path})."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdefscan.models.backbones import DAMamba
+    cfg = Config.fromfile(str(REPO / DET_CFG))
+    cfg.merge_from_dict(TINY_DET_OPTIONS)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    state = model.state_dict()
+    other = DAMamba(arch=dict(dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
+                              mlp_ratios=[4, 4, 3, 3], head_dim=16)).state_dict()
+    damamba = {k: v for k, v in state.items() if not k.startswith('backbone.')}
+    damamba.update({f'backbone.{k}': v for k, v in other.items()})
+    root = tmp_path_factory.mktemp('checkpoints')
+    paths = {}
+    for name, weights in (('right', state), ('damamba', damamba)):
+        paths[name] = root / f'{name}.pth'
+        torch.save({'state_dict': weights, 'meta': {'mmdet_version': '3.3.0'}}, paths[name])
+    return model, paths
+
+
+def test_checkpoint_check_is_strict_for_the_backbone_and_as_permissive_as_mmdet_elsewhere(
+        det_checkpoints, tmp_path):
+    import torch
+    from mmdefscan.engine import check_checkpoint
+    from mmdefscan.models.checkpoint import CheckpointError
+    model, paths = det_checkpoints
+    for purpose in ('test', 'load_from'):  # no optimizer state needed
+        check_checkpoint(model, paths['right'], purpose)
+    with pytest.raises(CheckpointError, match=r'not a training state to resume'):
+        check_checkpoint(model, paths['right'], 'resume')
+    state = torch.load(paths['right'])['state_dict']
+    head = 'roi_head.bbox_head.fc_cls.weight'
+    cases = {  # name: (the state, fits load_from, fits test)
+        'other classes': ({**state, head: torch.zeros(5, state[head].shape[1])}, True, False),
+        'no neck': ({k: v for k, v in state.items() if not k.startswith('neck.')}, True, False),
+        'an extra head': ({**state, 'auxiliary_head.conv.weight': torch.zeros(1)}, True, True),
+        'no backbone norm': ({k: v for k, v in state.items()
+                              if not k.startswith('backbone.outnorm0.')}, False, False),
+        'an extra backbone key': ({**state, 'backbone.extra': torch.zeros(1)}, False, False),
+        'as DDP saves it': ({f'module.{k}': v for k, v in state.items()}, True, True)}
+    for name, (weights, fits_load_from, fits_test) in cases.items():
+        path = tmp_path / 'case.pth'
+        torch.save({'state_dict': weights, 'meta': {'epoch': 1, 'iter': 2}}, path)
+        for purpose, fits in (('load_from', fits_load_from), ('test', fits_test),
+                              ('resume', fits_test)):
+            if fits:
+                check_checkpoint(model, path, purpose)
+            else:
+                with pytest.raises(CheckpointError, match=r"does not fit the config's MaskRCNN: "
+                                                          r'\d+ (missing|unexpected|shape)'):
+                    check_checkpoint(model, path, purpose)
+
+
+def test_a_checkpoint_of_another_model_fails_before_the_run(det_checkpoints, tmp_path,
+                                                            data_root):
+    """tools/test.py with a DAMamba detector's checkpoint and the DefMamba config: one line with
+    the counts and the first keys, before the run (MMEngine would test random weights)."""
+    _, paths = det_checkpoints
+    opts = TINY_DET + data_options(data_root) + det_eval_options(data_root)
+    result = run_tool(['tools/test.py', DET_CFG, str(paths['damamba']), '--work-dir',
+                       str(tmp_path), '--cfg-options', *opts])
+    one_error_line(result, r"^error: CheckpointError: test checkpoint \S+damamba\.pth does not "
+                           r"fit the config's MaskRCNN: \d+ missing: backbone\.layers\.0\..*; "
+                           r'\d+ unexpected: backbone\.norm1\..*')
+
+
+@pytest.mark.parametrize('option, message', [
+    ('load_from', r"^error: CheckpointError: load_from \S+damamba\.pth does not fit the config's "
+                  r'MaskRCNN: \d+ missing: backbone\.layers'),
+    ('resume', r'^error: CheckpointError: \S+right\.pth: not a training state to resume'),
+])
+def test_training_refuses_checkpoints_it_cannot_start_from(det_checkpoints, tmp_path, data_root,
+                                                           option, message):
+    _, paths = det_checkpoints
+    opts = TINY_DET + data_options(data_root)
+    if option == 'load_from':
+        args = ['--cfg-options', *opts, f'load_from={paths["damamba"]}']
+    else:
+        args = ['--resume', str(paths['right']), '--cfg-options', *opts]
+    result = run_tool(['tools/train.py', DET_CFG, '--work-dir', str(tmp_path), *args])
+    one_error_line(result, message)
+
+
+@pytest.mark.parametrize('content, reason', [
+    (b'', 'the file is empty'),
+    (b'\xaa' * 1000, r'UnpicklingError: Unsupported operand 170'),
+])
+def test_a_damaged_checkpoint_is_one_line_that_says_so(tmp_path, data_root, content, reason):
+    broken = tmp_path / 'broken.pth'
+    broken.write_bytes(content)
+    from mmdefscan.models.checkpoint import CheckpointError, load_checkpoint_file
+    with pytest.raises(CheckpointError, match=rf'broken\.pth: not a readable checkpoint \(truncated '
+                                              rf'or corrupt file\?\): {reason}$'):
+        load_checkpoint_file(str(broken))
+    if content:
+        return  # one tool run is enough for the way it is reported
+    result = run_tool(['tools/test.py', SEG_CFG, str(broken), '--work-dir', str(tmp_path),
+                       '--cfg-options', *TINY_SEG, *data_options(data_root)])
+    one_error_line(result, r'^error: CheckpointError: \S+broken\.pth: not a readable checkpoint '
+                           r'\(truncated or corrupt file\?\): the file is empty')
+
+
+BOOM = """
+from mmdet.registry import MODELS
+from mmdefscan.models.backbones import DefMamba
+
+
+@MODELS.register_module()
+class BoomDefMamba(DefMamba):
+    steps = 0
+
+    def forward(self, x):
+        if self.training:
+            type(self).steps += 1
+            if type(self).steps == 2:
+                raise RuntimeError('boom at training iteration 2')
+        return super().forward(x)
+"""
+
+
+def test_an_error_raised_while_training_keeps_its_traceback(tmp_path, data_root):
+    """A RuntimeError inside the model at the second iteration (in a module the config imports)
+    is not a config error: it propagates with its traceback, as in mmdet's tools."""
+    (tmp_path / 'boom_backbone.py').write_text(BOOM)
+    config = tmp_path / 'boom.py'
+    config.write_text(f"_base_ = ['{REPO / DET_CFG}']\n"
+                      "custom_imports = dict(imports=['mmdefscan', 'boom_backbone'])\n"
+                      "model = dict(backbone=dict(type='BoomDefMamba'))\n")
+    opts = TINY_DET + data_options(data_root) + [
+        'train_cfg.max_iters=3', 'train_cfg.val_interval=100',
+        'default_hooks.checkpoint.interval=100']
+    result = run_tool(['tools/train.py', str(config), '--work-dir', str(tmp_path / 'work'),
+                       '--cfg-options', *opts],
+                      env={'PYTHONPATH': os.pathsep.join([str(tmp_path), str(REPO)])})
     assert result.returncode == 1
-    assert 'Traceback' not in result.stderr
-    assert re.search(message, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
+    stderr = result.stderr.strip()
+    assert 'Traceback (most recent call last)' in stderr and 'error: ' not in stderr
+    assert 'in forward' in stderr and 'boom_backbone.py' in stderr
+    assert stderr.splitlines()[-1] == 'RuntimeError: boom at training iteration 2'
 
 
 @pytest.mark.parametrize('user_setting, cuda_started, expected', [
