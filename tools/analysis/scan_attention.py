@@ -34,7 +34,7 @@ import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.analysis import effective_receptive_field, record_scan_attention
 from mmdefscan.analysis.images import (add_input_arguments, build_backbone, image_norm,
                                        load_image, overlay)
-from mmdefscan.engine import load_config, run_cli
+from mmdefscan.engine import before_the_run, load_config, run_cli
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 STAGE = re.compile(r'(?:layers|stages)\.(\d+)\.')
@@ -107,12 +107,17 @@ def spread(values, query):
 
 def main():
     args = parse_args()
-    cfg = load_config(args.config)
-    files = image_files(args.image)
-    backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
-    norm = image_norm(cfg)
-    image, x = load_image(files[0], args.size, norm)
-    points = parse_tokens(args.tokens, *image.shape[:2])
+    with before_the_run():
+        cfg = load_config(args.config)
+        files = image_files(args.image)
+        backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
+        norm = image_norm(cfg)
+        image, x = load_image(files[0], args.size, norm)
+        points = parse_tokens(args.tokens, *image.shape[:2])
+        images = [load_image(f, args.size, norm)[1] for f in files[:args.erf]]
+        if len({i.shape for i in images}) > 1:
+            raise ValueError('--erf: the images resize to different shapes; give images of one '
+                             'aspect ratio')
     os.makedirs(args.out_dir, exist_ok=True)
 
     results = dict(image=files[0], size=image.shape[:2], tokens=torch.tensor(points), modules=[])
@@ -136,10 +141,6 @@ def main():
 
     erf_pictures = []
     if args.erf:
-        images = [load_image(f, args.size, norm)[1] for f in files[:args.erf]]
-        if len({i.shape for i in images}) > 1:
-            raise ValueError('--erf: the images resize to different shapes; give images of one '
-                             'aspect ratio')
         erf = effective_receptive_field(backbone, torch.cat(images).to(args.device))
         results['erf'] = erf
         for stage, values in enumerate(erf):
