@@ -9,6 +9,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_tool(script):
+    """A script of tools/analysis/ as a module (they are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(Path(script).stem,
+                                                  REPO / 'tools/analysis' / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fixture_dir():
     """Reference outputs of the official code: tests/data/official, or the folder named by
     $MMDEFSCAN_FIXTURES (other seeds / reduced configurations in the same format)."""

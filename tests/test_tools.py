@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _refs import REPO
+from _refs import REPO, load_tool
 
 TINY_DET = ['model.backbone.arch=tiny', 'model.backbone.dims=[16,32,32,32]',
             'model.backbone.depths=[1,1,1,1]', 'model.neck.in_channels=[16,32,32,32]']
@@ -17,16 +17,6 @@ TINY_SEG = ['model.backbone.dims=[16,32,32,32]', 'model.backbone.depths=[1,1,1,1
             'model.decode_head.channels=32', 'model.auxiliary_head.channels=16']
 DET_CFG = 'configs/demo/maskrcnn_defmamba_t_synthetic.py'
 SEG_CFG = 'configs/demo/upernet_defmamba_t_synthetic.py'
-
-
-def load_tool(script):
-    """A script of tools/analysis/ as a module (they are not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(Path(script).stem,
-                                                  REPO / 'tools/analysis' / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_tool(args, timeout=600, env=None):
@@ -123,9 +113,12 @@ def test_resume_continues_with_the_same_losses(tmp_path, data_root):
     (['model.backbone.drop_path_rte=0.1'],
      r"^error: TypeError: .*DefMamba got unknown keyword\(s\) \['drop_path_rte'\]"),
     (['model.backbone.type=DefMambaa'], r'^error: KeyError: .*DefMambaa is not in the'),
+    (['val_evaluator.ann_file=/no/such.json'],
+     r'^error: FileNotFoundError: val_evaluator\.ann_file: /no/such\.json does not exist'),
 ])
 def test_bad_config_gives_one_clear_line(tmp_path, data_root, options, message):
-    opts = data_options(data_root) + options if 'data_root' not in options[0] else options
+    opts = options if 'data_root' in options[0] else (
+        data_options(data_root) + det_eval_options(data_root) + options)
     result = run_tool(['tools/train.py', DET_CFG, '--work-dir', str(tmp_path),
                        '--cfg-options', *opts])
     one_error_line(result, message)
@@ -217,7 +210,7 @@ def test_a_checkpoint_of_another_model_fails_before_the_run(det_checkpoints, tmp
 def test_training_refuses_checkpoints_it_cannot_start_from(det_checkpoints, tmp_path, data_root,
                                                            option, message):
     _, paths = det_checkpoints
-    opts = TINY_DET + data_options(data_root)
+    opts = TINY_DET + data_options(data_root) + det_eval_options(data_root)
     if option == 'load_from':
         args = ['--cfg-options', *opts, f'load_from={paths["damamba"]}']
     else:
@@ -271,7 +264,7 @@ def test_an_error_raised_while_training_keeps_its_traceback(tmp_path, data_root)
     config.write_text(f"_base_ = ['{REPO / DET_CFG}']\n"
                       "custom_imports = dict(imports=['mmdefscan', 'boom_backbone'])\n"
                       "model = dict(backbone=dict(type='BoomDefMamba'))\n")
-    opts = TINY_DET + data_options(data_root) + [
+    opts = TINY_DET + data_options(data_root) + det_eval_options(data_root) + [
         'train_cfg.max_iters=3', 'train_cfg.val_interval=100',
         'default_hooks.checkpoint.interval=100']
     result = run_tool(['tools/train.py', str(config), '--work-dir', str(tmp_path / 'work'),

@@ -82,8 +82,9 @@ def _datasets(cfg):
 
 
 def check_data_paths(cfg, splits=('train_dataloader', 'val_dataloader', 'test_dataloader')):
-    """Fail early, naming the config key, when a dataset root, annotation file or folder is
-    missing (otherwise the error surfaces deep inside a dataloader worker)."""
+    """Fail early, naming the config key, when a dataset root, annotation file or folder, or an
+    evaluator's annotation file is missing (otherwise the error surfaces deep inside a
+    dataloader worker, or once the run has started)."""
     for where, ds in _datasets(cfg):
         if not where.startswith(splits):
             continue
@@ -101,6 +102,16 @@ def check_data_paths(cfg, splits=('train_dataloader', 'val_dataloader', 'test_da
         for key, path in paths:
             if not osp.exists(path):
                 raise FileNotFoundError(f'{where}.{key}: {path} does not exist')
+    for split in splits:  # the evaluators' annotation files (COCO's), read when they are built
+        evaluator = split.replace('_dataloader', '_evaluator')
+        if split == 'train_dataloader' or not cfg.get(split) or not cfg.get(evaluator):
+            continue
+        many = isinstance(cfg[evaluator], (list, tuple))
+        for i, metric in enumerate(cfg[evaluator] if many else [cfg[evaluator]]):
+            path = metric.get('ann_file') if isinstance(metric, dict) else None
+            if path and '://' not in path and not osp.exists(path):
+                where = f'{evaluator}[{i}]' if many else evaluator
+                raise FileNotFoundError(f'{where}.ann_file: {path} does not exist')
 
 
 def enable_tta(cfg):

@@ -70,7 +70,8 @@ def load_checkpoint_file(filename, map_location='cpu'):
     A file that is not a readable checkpoint (empty, truncated download, wrong file) is a
     :class:`CheckpointError` that says so; a missing file stays ``FileNotFoundError``.
     """
-    local = osp.isfile(str(filename))
+    filename = str(filename)  # a path object too
+    local = osp.isfile(filename)
     if local and osp.getsize(filename) == 0:
         raise damaged(filename)
     try:
