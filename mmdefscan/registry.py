@@ -6,9 +6,9 @@ mmdet, mmseg or mmpretrain configs (MMEngine imports ``mmdefscan.registry`` on d
 
 The three backbones are also registered by their bare names at MMEngine's root registry, so that
 ``type='DefMamba'`` builds under any default scope once ``mmdefscan`` is imported. Only where the
-name is free: a class of the same name that another
-package registered first (at the root or in a scope MMEngine has loaded) keeps it, and a warning
-names that package and the scoped name that builds ours.
+name is free: a class of the same name that another package registered first (at the root or in
+a scope MMEngine has loaded) keeps it, and a warning names that package and the scoped name that
+builds ours.
 """
 import warnings
 
