@@ -25,7 +25,7 @@ import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.analysis.images import (add_input_arguments, build_backbone, image_norm,
                                        load_image, overlay)
 from mmdefscan.engine import before_the_run, load_config, run_cli
-from mmdefscan.models.scan_paths import image_scale, record_scan_paths
+from mmdefscan.models.scan_paths import check_learned_path, image_scale, record_scan_paths
 
 
 def parse_args():
@@ -70,6 +70,7 @@ def main():
     with before_the_run():
         cfg = load_config(args.config)
         backbone = build_backbone(cfg, args.checkpoint, args.prefix).to(args.device)
+        check_learned_path(backbone)
         image, x = load_image(args.image, args.size, image_norm(cfg))
     paths = record_scan_paths(backbone, x.to(args.device))
     os.makedirs(args.out_dir, exist_ok=True)

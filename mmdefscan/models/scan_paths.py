@@ -93,15 +93,19 @@ def map_stride(image_size, map_size):
     return (image_size[0] / map_size[0], image_size[1] / map_size[1])
 
 
+def check_learned_path(backbone):
+    """ValueError unless ``backbone`` has a scan whose path is learned (DefMamba, DAMamba)."""
+    if not any(isinstance(m, (DeformableScan, DynamicAdaptiveScan)) for m in backbone.modules()):
+        raise ValueError(f'{type(backbone).__name__} has no learned scan path (DefMamba\'s '
+                         'deformable scan or DAMamba\'s dynamic adaptive scan)')
+
+
 @torch.no_grad()
 def record_scan_paths(backbone, image):
     """Run ``image`` (1, 3, H, W), normalised as the backbone expects, through ``backbone`` in
     eval mode; the :class:`ScanPath` of every deformable / adaptive scan, in forward order."""
-    try:
-        inputs = record_module_inputs(backbone, image, (DeformableScan, DynamicAdaptiveScan))
-    except ValueError:
-        raise ValueError(f'{type(backbone).__name__} has no learned scan path (DefMamba\'s '
-                         'deformable scan or DAMamba\'s dynamic adaptive scan)') from None
+    check_learned_path(backbone)
+    inputs = record_module_inputs(backbone, image, (DeformableScan, DynamicAdaptiveScan))
     paths = []
     for name, module, x in inputs:
         path = _deformable_path if isinstance(module, DeformableScan) else _adaptive_path
