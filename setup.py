@@ -12,6 +12,7 @@ setup(
     extras_require={
         'mm': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0', 'mmsegmentation>=1.0.0', 'mmpretrain>=1.0.0'],
         'cuda': ['mamba-ssm>=2.0', 'triton>=3.0'],
-        'tests': ['pytest'],
+        'onnx': ['onnx', 'onnxscript', 'onnxruntime'],
+        'tests': ['pytest', 'onnx', 'onnxscript', 'onnxruntime'],
     },
 )

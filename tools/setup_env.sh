@@ -57,6 +57,8 @@ pip install -q "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" \
   ftfy regex importlib_metadata pytest
 # Triton: optional for users (CUDA kernels); the tests run its kernels in the CPU interpreter
 pip install -q "triton>=3.0"
+# ONNX export (tools/deployment/pytorch2onnx.py; torch's exporter needs onnxscript) and its tests
+pip install -q onnx onnxscript onnxruntime
 pip install -q --no-deps -e .
 install_torchvision_stub
 "$PY" -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, mmdefscan; print('[setup] ok: torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__, '| mmpretrain', mmpretrain.__version__)"
