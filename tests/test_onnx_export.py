@@ -13,9 +13,10 @@ from test_backbone_contract import FAMILIES, tiny
 
 from _refs import REPO
 from mmdefscan.engine import load_config
-from mmdefscan.engine.export import (build_exportable, check_dynamic, export_onnx, second_shape,
-                                     verify)
-from mmdefscan.ops import DeformableScan, DynamicAdaptiveScan, deformable_scan, dynamic_adaptive_scan
+from mmdefscan.engine.export import (Exportable, build_exportable, check_dynamic, export_onnx,
+                                     second_shape, verify)
+from mmdefscan.ops import (DeformableScan, DynamicAdaptiveScan, deformable_scan,
+                           dynamic_adaptive_scan)
 from mmdefscan.ops.tracing import stable_argsort
 
 RTOL = 1e-4
@@ -30,13 +31,9 @@ def export_and_verify(module, path, size=SIZE):
     return {shape: rel for shape, _, rel in verify(module, str(path), shapes)}
 
 
-class Backbone(nn.Module):
+class Backbone(Exportable):
     """A backbone as an exportable module: the image in, its stage outputs out."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.model = backbone.eval()
-        self.output_names = tuple(f'stage{i}' for i in backbone.out_indices)
+    output_names = ('stage0', 'stage1', 'stage2', 'stage3')
 
     def forward(self, image):
         return self.model(image)
@@ -45,7 +42,7 @@ class Backbone(nn.Module):
 def test_damamba_backbone_exports_with_symbolic_size(tmp_path):
     """DAMamba alone; DefMamba is exported inside UperNet, Spatial-Mamba inside Mask R-CNN."""
     backbone = tiny(FAMILIES['damamba'], depths=[1, 1, 1, 1])
-    errors = export_and_verify(Backbone(backbone), tmp_path / 'backbone.onnx')
+    errors = export_and_verify(Backbone(backbone.eval()), tmp_path / 'backbone.onnx')
     assert len(errors) == 2 and max(errors.values()) < RTOL, errors
 
 
@@ -69,10 +66,10 @@ def test_upernet_defmamba_exports_through_the_tool(tmp_path):
     assert [line.split('verify ')[1].split(':')[0] for line in verified] == \
         ['1x3x64x64', '2x3x32x96']
     assert all(float(line.rsplit(' ', 1)[1]) < RTOL for line in verified), verified
-    model = onnx.load(str(out))
-    output = model.graph.output[0].type.tensor_type.shape.dim
-    assert [d.dim_param for d in output[2:]] == [d.dim_param for d in
-                                                 model.graph.input[0].type.tensor_type.shape.dim[2:]]
+    graph = onnx.load(str(out)).graph
+    image, logits = (value.type.tensor_type.shape.dim for value in (graph.input[0],
+                                                                     graph.output[0]))
+    assert [d.dim_param for d in logits[2:]] == [d.dim_param for d in image[2:]]
 
 
 def test_maskrcnn_backbone_and_neck_export(tmp_path):
@@ -94,8 +91,8 @@ class Pinned(nn.Module):
 
 
 def test_an_export_that_comes_out_static_is_an_error(tmp_path):
-    with pytest.raises(RuntimeError, match=r'came out static: image\[3\] = 32'):
-        export_onnx(Pinned(), torch.randn(2, 3, 32, 32), str(tmp_path / 'pinned.onnx'))
+    with pytest.raises(RuntimeError, match=r'came out static: y\[3\] = 64'):
+        export_onnx(Pinned(), torch.randn(2, 3, 64, 64), str(tmp_path / 'pinned.onnx'))
     static = tmp_path / 'static.onnx'
     export_onnx(Pinned(), torch.randn(1, 3, 32, 32), str(static), dynamic=False)
     with pytest.raises(RuntimeError, match=r'image\[0\] = 1, image\[2\] = 32'):
@@ -112,7 +109,7 @@ class StableSort(nn.Module):
 def test_an_operator_without_onnx_translation_is_named(tmp_path):
     with pytest.raises(RuntimeError, match=r'StableSort cannot be exported to ONNX at operator '
                                            r'aten\.sort\.stable'):
-        export_onnx(StableSort(), torch.randn(2, 3, 32, 32), str(tmp_path / 'sort.onnx'))
+        export_onnx(StableSort(), torch.randn(2, 3, 64, 64), str(tmp_path / 'sort.onnx'))
 
 
 class ExportedSort(nn.Module):
@@ -138,8 +135,8 @@ def deformable_keys(batch, height, width, generator):
 
 def test_the_stable_sort_exports_as_an_order_preserving_topk(tmp_path):
     generator = torch.Generator().manual_seed(0)
-    export_onnx(ExportedSort(), deformable_keys(2, 32, 32, generator), str(tmp_path / 'sort.onnx'))
-    session_keys = [deformable_keys(1, 32, 64, generator), deformable_keys(2, 64, 32, generator)]
+    export_onnx(ExportedSort(), deformable_keys(2, 64, 64, generator), str(tmp_path / 'sort.onnx'))
+    session_keys = [deformable_keys(1, 32, 64, generator), deformable_keys(2, 96, 32, generator)]
     import onnxruntime as ort
     session = ort.InferenceSession(str(tmp_path / 'sort.onnx'),
                                    providers=['CPUExecutionProvider'])

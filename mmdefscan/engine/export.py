@@ -14,6 +14,7 @@ as the config's ``data_preprocessor`` does, and padded as it pads):
 The graph is traced by ``torch.onnx.export(dynamo=True)`` (``torch.export`` underneath); the
 operators of :mod:`mmdefscan.ops` take their export paths there (:mod:`mmdefscan.ops.tracing`).
 """
+import copy
 import re
 import time
 
@@ -25,25 +26,58 @@ from mmengine.logging import print_log
 OPSET = 18
 
 
-class Classifier(nn.Module):
-    """mmpretrain classifier: image -> class logits."""
-    output_names = ('logits', )
+class Exportable(nn.Module):
+    """The exported part of ``model``: ``forward(image)`` and the names of its outputs."""
+    output_names = ()
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+
+
+class Classifier(Exportable):
+    """mmpretrain classifier: image -> class logits."""
+    output_names = ('logits', )
 
     def forward(self, image):
         return self.model(image, mode='tensor')
 
 
-class Segmentor(nn.Module):
-    """mmseg encoder-decoder: image -> logits at the image's size (``encode_decode``)."""
+def adaptive_pool_matrix(size, out, dtype, device):
+    """(out, size): adaptive average pooling of one axis as a product; bin i averages
+    [floor(i size / out), ceil((i + 1) size / out)), as ``nn.AdaptiveAvgPool2d``."""
+    bins = torch.arange(out, device=device)[:, None]
+    start, end = bins * size // out, ((bins + 1) * size + out - 1) // out
+    taps = torch.arange(size, device=device)
+    return ((taps >= start) & (taps < end)).to(dtype) / (end - start).to(dtype)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for a graph of symbolic size: the exporter writes adaptive
+    pooling with kernels fixed at the traced size, so another size would pool wrong bins."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        size = nn.modules.utils._pair(output_size)
+        self.output_size = size
+
+    def forward(self, x):
+        rows = adaptive_pool_matrix(x.shape[2], self.output_size[0], x.dtype, x.device)
+        columns = adaptive_pool_matrix(x.shape[3], self.output_size[1], x.dtype, x.device)
+        return rows @ x @ columns.T
+
+
+class Segmentor(Exportable):
+    """mmseg encoder-decoder: image -> logits at the image's size (``encode_decode``); the
+    decode head's adaptive pooling (UperNet's pyramid pooling) as :class:`AdaptiveAvgPool`."""
     output_names = ('seg_logits', )
 
     def __init__(self, model):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.AdaptiveAvgPool2d):
+                parent, _, child = name.rpartition('.')
+                setattr(model.get_submodule(parent), child, AdaptiveAvgPool(module.output_size))
 
     def forward(self, image):
         from mmseg.models.utils import resize
@@ -52,13 +86,12 @@ class Segmentor(nn.Module):
                       align_corners=self.model.align_corners)
 
 
-class FeaturePyramid(nn.Module):
+class FeaturePyramid(Exportable):
     """mmdet detector: image -> the neck's feature maps (backbone + neck)."""
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.output_names = tuple(f'feat{i}' for i in range(model.neck.num_outs))
+    @property
+    def output_names(self):
+        return tuple(f'feat{i}' for i in range(self.model.neck.num_outs))
 
     def forward(self, image):
         return tuple(self.model.extract_feat(image))
@@ -122,9 +155,10 @@ def failed_operator(err):
 
 
 def export_onnx(module, image, path, dynamic=True):
-    """Export ``module`` (traced at ``image``) to ``path``; with ``dynamic`` batch, height and
-    width are symbolic (see :func:`dynamic_shapes`), checked in the written graph. A failure is one RuntimeError that names
-    the operator where it can be read from torch's error."""
+    """Export ``module`` (traced at ``image``; an :class:`Exportable` or any module with
+    ``output_names``) to ``path``; with ``dynamic`` batch, height and width are symbolic (see
+    :func:`dynamic_shapes`), checked in the written graph. A failure is one RuntimeError that
+    names the operator where it can be read from torch's error."""
     import onnx
     if dynamic and (image.shape[2] % STRIDE or image.shape[3] % STRIDE):
         raise ValueError(f'a dynamic export takes heights and widths in multiples of {STRIDE}, '
@@ -204,6 +238,17 @@ def verify(module, path, shapes, seed=0):
         image = torch.randn(shape, generator=generator)
         results.append((tuple(shape), *errors(*run_both(module, session, image))))
     return results
+
+
+def float32_noise(module, shape, seed=0):
+    """Max relative error of ``module`` in float32 against float64 on the first random image of
+    :func:`verify`: the model's own rounding, the scale to read onnxruntime's error against."""
+    image = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ours = module(image)
+        exact = copy.deepcopy(module).double()(image.double())
+    ours, exact = ((t, ) if torch.is_tensor(t) else t for t in (ours, exact))
+    return errors([t.numpy() for t in ours], exact)[1]
 
 
 def latency(module, path, shape, runs):

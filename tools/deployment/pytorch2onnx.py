@@ -6,11 +6,12 @@
 
 Classification configs export backbone + head (logits), segmentation configs the whole
 segmentor (logits at the input size), detection configs backbone + neck (the feature pyramid);
-the input is the preprocessed image (see mmdefscan/engine/export.py). ``--dynamic`` makes batch,
-height and width symbolic. ``--verify`` runs onnxruntime and PyTorch on random images at the
-export size (batch 1) and, for a dynamic graph, at a second size (batch 2) and prints the max
-absolute and relative errors. ``--latency N`` prints the median of N forwards of both at the
-export size, batch 1, with the same number of CPU threads.
+the input is the preprocessed image (see mmdefscan/engine/export.py). ``--dynamic`` makes the
+batch symbolic, and height and width symbolic multiples of 32. ``--verify`` runs onnxruntime and
+PyTorch on random images at the export size (batch 1) and, for a dynamic graph, at a second
+size (batch 2) and prints the max absolute and relative errors, and PyTorch's own
+float32-vs-float64 error beside them. ``--latency N`` prints the median of N forwards of both at
+the export size, batch 1, with the same number of CPU threads.
 """
 import argparse
 import os.path as osp
@@ -20,8 +21,8 @@ from mmengine.config import DictAction
 
 import mmdefscan  # noqa: F401  (registers the backbones)
 from mmdefscan.engine import load_config, run_cli
-from mmdefscan.engine.export import (build_exportable, export_onnx, latency, log, second_shape,
-                                     verify)
+from mmdefscan.engine.export import (build_exportable, export_onnx, float32_noise, latency, log,
+                                     second_shape, verify)
 
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1344), 'mmseg': (512, 512)}
 
@@ -34,7 +35,7 @@ def parse_args():
                         help='export size (default: 224 224 classification, 512 512 '
                              'segmentation, 800 1344 detection)')
     parser.add_argument('--dynamic', action='store_true',
-                        help='symbolic batch, height and width')
+                        help='symbolic batch, and height and width in multiples of 32')
     parser.add_argument('--out', help='ONNX file (default: the config name + .onnx)')
     parser.add_argument('--verify', action='store_true',
                         help='compare onnxruntime with PyTorch at the export size and another')
@@ -65,6 +66,8 @@ def main():
         for shape, abs_err, rel_err in verify(module, out, shapes):
             log(f'verify {"x".join(map(str, shape))}: onnxruntime vs PyTorch max abs error '
                 f'{abs_err:.3g}, max rel error {rel_err:.3g}')
+        log(f'PyTorch float32 vs float64 at 1x3x{height}x{width}: max rel error '
+            f'{float32_noise(module, shapes[0]):.3g} (the model\'s own rounding)')
     if args.latency:
         ort_s, torch_s = latency(module, out, (1, 3, height, width), args.latency)
         log(f'latency 1x3x{height}x{width}, {torch.get_num_threads()} CPU threads, median of '
