@@ -50,6 +50,7 @@ def tiny_config(path, **options):
     return load_config(str(REPO / path), options)
 
 
+@pytest.mark.slow
 def test_upernet_defmamba_exports_through_the_tool(tmp_path):
     """The whole segmentor of the DefMamba UperNet config (tiny widths) through the command
     line: symbolic size, logits at the input size, both sizes within tolerance."""
@@ -72,6 +73,7 @@ def test_upernet_defmamba_exports_through_the_tool(tmp_path):
     assert [d.dim_param for d in logits[2:]] == [d.dim_param for d in image[2:]]
 
 
+@pytest.mark.slow
 def test_maskrcnn_backbone_and_neck_export(tmp_path):
     cfg = tiny_config('configs/maskrcnn_spatialmamba_t_coco.py', **{
         'model.backbone.dims': 8, 'model.backbone.depths': [1, 1, 1, 1],
